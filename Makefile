@@ -1,0 +1,48 @@
+# The commands the README names. Everything installs itself into .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export DATABASE_URL_TEST ?= postgres://postgres@127.0.0.1:5432/backoffice
+export REDIS_URL_TEST ?= redis://127.0.0.1:6379/15
+DEMO_DB := var/demo.sqlite3
+
+.PHONY: demo demo-smoke test lint install install-dev bench
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(PY) requirements.txt
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+# The embedded default: SQLite, no Redis, providers in sandbox mode.
+demo: install
+	mkdir -p var
+	DATABASE_URL=sqlite:///$(CURDIR)/$(DEMO_DB) REDIS_URL= $(PY) manage.py demo --serve
+
+demo-smoke: install
+	mkdir -p var
+	rm -f var/demo-smoke.sqlite3
+	DATABASE_URL=sqlite:///$(CURDIR)/var/demo-smoke.sqlite3 REDIS_URL= $(PY) manage.py demo --smoke
+
+lint: install-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: install-dev
+	DATABASE_URL=$(DATABASE_URL_TEST) REDIS_URL=$(REDIS_URL_TEST) $(PY) scripts/check_services.py
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	DATABASE_URL=$(DATABASE_URL_TEST) REDIS_URL=$(REDIS_URL_TEST) $(PY) manage.py makemigrations --check --dry-run
+	DATABASE_URL=$(DATABASE_URL_TEST) REDIS_URL=$(REDIS_URL_TEST) $(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install-dev
+	DATABASE_URL=$(DATABASE_URL_TEST) $(PY) bench/ledger.py

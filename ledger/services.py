@@ -1,0 +1,719 @@
+"""The only writer of the ledger.
+
+Invariants kept here (and, on PostgreSQL, by the database as well):
+- every transaction balances to zero per currency and has at least two legs;
+- an entry's currency is its account's currency;
+- an account that may not go negative never does, counting pending holds;
+- a posting is applied once per idempotency key; the same key with a
+  different request is refused (`IdempotencyMismatch`);
+- a transaction is reversed at most once, and a hold is settled at most once.
+
+How a write runs: one database transaction that first claims the
+idempotency key (INSERT ... ON CONFLICT DO NOTHING), then updates the touched
+balance rows in sorted (account, shard) order with a conditional UPDATE that
+both row-locks the row and checks the no-negative rule, then inserts the
+entries. Sorted order means two writers never wait on each other in a cycle;
+deadlock or serialization failures are still retried a bounded number of
+times when this module owns the outermost transaction.
+
+Hot accounts are never locked as a whole: a posting updates one of their N
+balance shards, picked at random, and skips the no-negative check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+import structlog
+from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.utils import timezone
+
+from core.errors import (
+    AlreadyReversed,
+    IdempotencyMismatch,
+    InsufficientFunds,
+    InvalidRequest,
+    InvalidStateTransition,
+    LedgerContention,
+    NotFound,
+)
+from core.money import Money, MoneyError, validate_currency
+from core.services import audit_record
+from ledger.models import Account, Balance, Entry, Hold, Transaction
+
+log = structlog.get_logger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure
+
+
+# --- inputs -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One side of a posting: `amount.minor` > 0 debits the account, < 0 credits it."""
+
+    account_code: str
+    amount: Money
+
+
+def debit(account_code: str, amount: Money) -> Leg:
+    return Leg(account_code, amount)
+
+
+def credit(account_code: str, amount: Money) -> Leg:
+    return Leg(account_code, -amount)
+
+
+# --- retries ------------------------------------------------------------------
+
+
+def _is_retryable(error: DatabaseError) -> bool:
+    return getattr(error.__cause__, "sqlstate", None) in RETRYABLE_SQLSTATES
+
+
+def retry_on_conflict(func: Callable[P, R]) -> Callable[P, R]:
+    """Run `func` in its own atomic block, retrying deadlocks and serialization failures.
+
+    Inside a caller's transaction the caller owns the retry: run once.
+    """
+
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        if connection.in_atomic_block:
+            with transaction.atomic():
+                return func(*args, **kwargs)
+        attempts = settings.LEDGER_MAX_RETRIES
+        for attempt in range(1, attempts + 1):
+            try:
+                with transaction.atomic():
+                    return func(*args, **kwargs)
+            except DatabaseError as error:
+                if not _is_retryable(error) or attempt == attempts:
+                    if _is_retryable(error):
+                        raise LedgerContention(f"{func.__name__} gave up after {attempts} attempts") from error
+                    raise
+                log.warning("ledger.retry", operation=func.__name__, attempt=attempt, error=str(error))
+                time.sleep(random.uniform(0, 0.005 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+# --- accounts -----------------------------------------------------------------
+
+
+def account_create(
+    *,
+    code: str,
+    name: str,
+    type: str,
+    currency: str,
+    allow_negative: bool = False,
+    owner_type: str = "",
+    owner_id: str = "",
+) -> Account:
+    """Create an account and its balance rows; an existing identical account is returned as is."""
+    try:
+        validate_currency(currency)
+    except MoneyError as error:
+        raise InvalidRequest(str(error), details={"currency": currency}) from error
+    if type not in Account.Type.values:
+        raise InvalidRequest(f"unknown account type {type!r}", details={"allowed": Account.Type.values})
+    shards = settings.LEDGER_HOT_ACCOUNT_SHARDS if allow_negative else 1
+    with transaction.atomic():
+        account, created = Account.objects.get_or_create(
+            code=code,
+            defaults={
+                "name": name,
+                "type": type,
+                "currency": currency,
+                "allow_negative": allow_negative,
+                "balance_shards": shards,
+                "owner_type": owner_type,
+                "owner_id": owner_id,
+            },
+        )
+        if not created:
+            if (account.type, account.currency, account.allow_negative) != (type, currency, allow_negative):
+                raise InvalidRequest(
+                    f"account {code} exists with a different type, currency or sign rule",
+                    user_message="An account with this code already exists with other settings.",
+                    action_required="Use another code, or the existing account's settings.",
+                    details={"code": code},
+                )
+            return account
+        Balance.objects.bulk_create(
+            Balance(account=account, shard=shard, allow_negative=allow_negative) for shard in range(shards)
+        )
+    return account
+
+
+@dataclass(frozen=True)
+class _AccountFacts:
+    id: int
+    code: str
+    currency: str
+    normal_sign: int
+    allow_negative: bool
+    shards: int
+
+    def pick_shard(self) -> int:
+        return random.randrange(self.shards) if self.shards > 1 else 0
+
+
+def _account_facts(codes: Iterable[str]) -> dict[str, _AccountFacts]:
+    wanted = set(codes)
+    rows = Account.objects.filter(code__in=wanted).values_list(
+        "id", "code", "currency", "type", "allow_negative", "balance_shards"
+    )
+    found = {
+        code: _AccountFacts(
+            id=pk,
+            code=code,
+            currency=currency,
+            normal_sign=1 if type_ in Account.DEBIT_NORMAL_TYPES else -1,
+            allow_negative=allow_negative,
+            shards=shards,
+        )
+        for pk, code, currency, type_, allow_negative, shards in rows
+    }
+    missing = sorted(wanted - found.keys())
+    if missing:
+        raise NotFound(
+            f"unknown ledger account(s): {', '.join(missing)}",
+            user_message="A ledger account in this movement does not exist.",
+            action_required="Create the account first, or correct the account code.",
+            details={"missing_accounts": missing},
+        )
+    return found
+
+
+# --- balance changes ----------------------------------------------------------
+
+
+@dataclass
+class _ShardChange:
+    """What one write does to one balance shard, in the account's normal direction."""
+
+    posted: int = 0
+    pending_out: int = 0
+    pending_in: int = 0
+    entry_deltas: list[int] = field(default_factory=list)
+
+
+_UPDATE_BALANCE_SQL = """
+UPDATE ledger_balance
+   SET posted_minor = posted_minor + %s,
+       pending_out_minor = pending_out_minor + %s,
+       pending_in_minor = pending_in_minor + %s,
+       version = version + %s
+ WHERE account_id = %s AND shard = %s
+   AND (allow_negative OR posted_minor + %s - (pending_out_minor + %s) >= 0)
+RETURNING posted_minor, version
+"""
+
+
+def _apply_shard_changes(
+    changes: dict[tuple[int, int], _ShardChange], accounts_by_id: dict[int, _AccountFacts]
+) -> dict[tuple[int, int], tuple[int, int]]:
+    """Update balance rows in sorted order; return (posted, version) after, per shard."""
+    after: dict[tuple[int, int], tuple[int, int]] = {}
+    with connection.cursor() as cursor:
+        for account_id, shard in sorted(changes):
+            change = changes[account_id, shard]
+            cursor.execute(
+                _UPDATE_BALANCE_SQL,
+                [
+                    change.posted,
+                    change.pending_out,
+                    change.pending_in,
+                    len(change.entry_deltas),
+                    account_id,
+                    shard,
+                    change.posted,
+                    change.pending_out,
+                ],
+            )
+            row = cursor.fetchone()
+            if row is None:
+                _raise_insufficient_funds(accounts_by_id[account_id], change)
+            after[account_id, shard] = (row[0], row[1])
+    return after
+
+
+def _raise_insufficient_funds(account: _AccountFacts, change: _ShardChange) -> None:
+    balance = account_available_minor(account.id)
+    needed = -(change.posted - change.pending_out)
+    raise InsufficientFunds(
+        f"account {account.code} has {balance} available, the movement needs {needed}",
+        details={
+            "account": account.code,
+            "currency": account.currency,
+            "available_minor": balance,
+            "requested_minor": needed,
+        },
+    )
+
+
+def account_available_minor(account_id: int) -> int:
+    total = 0
+    for posted, pending_out in Balance.objects.filter(account_id=account_id).values_list(
+        "posted_minor", "pending_out_minor"
+    ):
+        total += posted - pending_out
+    return total
+
+
+# --- posting ------------------------------------------------------------------
+
+
+def _request_hash(kind: str, legs: Sequence[tuple[str, int, str]], extra: dict[str, Any] | None = None) -> str:
+    canonical = json.dumps({"kind": kind, "legs": sorted(legs), **(extra or {})}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _validate_legs(legs: Sequence[Leg], accounts: dict[str, _AccountFacts]) -> None:
+    if len(legs) < 2:
+        raise InvalidRequest("a transaction needs at least two legs", details={"legs": len(legs)})
+    totals: dict[str, int] = defaultdict(int)
+    for leg in legs:
+        if not isinstance(leg.amount, Money):
+            raise InvalidRequest(f"leg amount must be Money, got {type(leg.amount).__name__}")
+        if leg.amount.minor == 0:
+            raise InvalidRequest(f"zero amount on {leg.account_code}", details={"account": leg.account_code})
+        account = accounts[leg.account_code]
+        if leg.amount.currency != account.currency:
+            raise InvalidRequest(
+                f"{leg.amount.currency} leg on {account.currency} account {account.code}",
+                user_message="An amount's currency does not match its account's currency.",
+                action_required="Post each amount to an account of the same currency.",
+                details={"account": account.code, "account_currency": account.currency},
+            )
+        totals[leg.amount.currency] += leg.amount.minor
+    unbalanced = {currency: total for currency, total in totals.items() if total != 0}
+    if unbalanced:
+        raise InvalidRequest(
+            "debits and credits differ",
+            user_message="The movement does not balance: debits and credits differ.",
+            action_required="Make debits equal credits in each currency.",
+            details={"imbalance_minor_by_currency": unbalanced},
+        )
+
+
+_INSERT_TRANSACTION_SQL = """
+INSERT INTO ledger_transaction
+    (idempotency_key, request_hash, kind, description, metadata, event_at, created_at, reverses_id)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING id
+"""
+
+
+def _claim_transaction(
+    *,
+    idempotency_key: str,
+    request_hash: str,
+    kind: str,
+    description: str,
+    metadata: dict[str, Any],
+    event_at: datetime,
+    reverses_id: int | None,
+) -> Transaction | None:
+    """Insert the transaction row, or return None if this key was already posted."""
+    created_at = timezone.now()
+    ops = connection.ops
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _INSERT_TRANSACTION_SQL,
+            [
+                idempotency_key,
+                request_hash,
+                kind,
+                description,
+                json.dumps(metadata),
+                ops.adapt_datetimefield_value(event_at),
+                ops.adapt_datetimefield_value(created_at),
+                reverses_id,
+            ],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    txn = Transaction(
+        id=row[0],
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        kind=kind,
+        description=description,
+        metadata=metadata,
+        event_at=event_at,
+        created_at=created_at,
+        reverses_id=reverses_id,
+    )
+    txn._state.adding = False
+    txn._state.db = connection.alias
+    return txn
+
+
+def _existing_transaction(idempotency_key: str, request_hash: str) -> Transaction:
+    existing = Transaction.objects.get(idempotency_key=idempotency_key)
+    if existing.request_hash != request_hash:
+        raise IdempotencyMismatch(
+            f"ledger key {idempotency_key!r} was already posted with different legs",
+            user_message="This movement was already recorded with different amounts or accounts.",
+            action_required="Check the existing transaction; do not reuse its reference for another movement.",
+            details={"idempotency_key": idempotency_key, "transaction_id": existing.pk},
+        )
+    return existing
+
+
+def _write_entries(
+    txn: Transaction,
+    legs: Sequence[Leg],
+    accounts: dict[str, _AccountFacts],
+    shards: dict[str, int],
+    changes: dict[tuple[int, int], _ShardChange],
+) -> None:
+    after = _apply_shard_changes(changes, {a.id: a for a in accounts.values()})
+    created_at = timezone.now()  # after the row locks: per shard, time order follows version order
+    # Walk each shard's entries from the balance before this write up to the one after.
+    running = {
+        key: (posted - sum(changes[key].entry_deltas), version - len(changes[key].entry_deltas))
+        for key, (posted, version) in after.items()
+    }
+    entries = []
+    for leg in legs:
+        account = accounts[leg.account_code]
+        key = (account.id, shards[leg.account_code])
+        balance, version = running[key]
+        balance += leg.amount.minor * account.normal_sign
+        version += 1
+        running[key] = (balance, version)
+        entries.append(
+            Entry(
+                transaction_id=txn.pk,
+                account_id=account.id,
+                shard=key[1],
+                amount_minor=leg.amount.minor,
+                currency=leg.amount.currency,
+                balance_after_minor=balance,
+                version_after=version,
+                created_at=created_at,
+            )
+        )
+    Entry.objects.bulk_create(entries)
+
+
+def _post(
+    *,
+    idempotency_key: str,
+    kind: str,
+    legs: Sequence[Leg],
+    description: str,
+    metadata: dict[str, Any] | None,
+    event_at: datetime | None,
+    reverses_id: int | None = None,
+    settle_hold: Hold | None = None,
+) -> tuple[Transaction, bool]:
+    """Post legs once per key; returns (transaction, created). Runs inside the caller's atomic block."""
+    accounts = _account_facts(leg.account_code for leg in legs)
+    _validate_legs(legs, accounts)
+    request_hash = _request_hash(
+        kind, [(leg.account_code, leg.amount.minor, leg.amount.currency) for leg in legs], {"reverses": reverses_id}
+    )
+    txn = _claim_transaction(
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        kind=kind,
+        description=description,
+        metadata=metadata or {},
+        event_at=event_at or timezone.now(),
+        reverses_id=reverses_id,
+    )
+    if txn is None:
+        return _existing_transaction(idempotency_key, request_hash), False
+
+    shards = {code: account.pick_shard() for code, account in accounts.items()}
+    if settle_hold is not None:  # a hold's legs land on the shards it reserved
+        shards[settle_hold.debit_account.code] = settle_hold.debit_shard
+        shards[settle_hold.credit_account.code] = settle_hold.credit_shard
+    changes: dict[tuple[int, int], _ShardChange] = {}
+    for leg in legs:
+        account = accounts[leg.account_code]
+        change = changes.setdefault((account.id, shards[leg.account_code]), _ShardChange())
+        delta = leg.amount.minor * account.normal_sign
+        change.posted += delta
+        change.entry_deltas.append(delta)
+    if settle_hold is not None:
+        _release_hold_pending(settle_hold, accounts, changes)
+    _write_entries(txn, legs, accounts, shards, changes)
+    return txn, True
+
+
+@retry_on_conflict
+def transaction_post(
+    *,
+    idempotency_key: str,
+    kind: str,
+    legs: Sequence[Leg],
+    description: str = "",
+    metadata: dict[str, Any] | None = None,
+    event_at: datetime | None = None,
+) -> Transaction:
+    """Post a balanced transaction exactly once per `idempotency_key`.
+
+    Use a business identifier as the key (e.g. `payout-item:42:settle`). The
+    same key with the same kind and legs returns the first transaction; with
+    different ones it raises `IdempotencyMismatch`.
+    """
+    txn, _ = _post(
+        idempotency_key=idempotency_key,
+        kind=kind,
+        legs=legs,
+        description=description,
+        metadata=metadata,
+        event_at=event_at,
+    )
+    return txn
+
+
+@retry_on_conflict
+def transaction_reverse(*, transaction_id: int, reason: str, actor: AbstractBaseUser | None = None) -> Transaction:
+    """Post the mirror image of a transaction, once. Reversals themselves cannot be reversed."""
+    original = Transaction.objects.select_for_update().filter(pk=transaction_id).first()
+    if original is None:
+        raise NotFound(f"transaction {transaction_id} does not exist", details={"transaction_id": transaction_id})
+    if original.reverses_id is not None:
+        raise InvalidStateTransition(
+            f"transaction {original.pk} is itself a reversal",
+            user_message="A reversal cannot be reversed.",
+            action_required="Post a new transaction if the money must move again.",
+            details={"transaction_id": original.pk, "reverses": original.reverses_id},
+        )
+    existing = Transaction.objects.filter(reverses_id=original.pk).values_list("pk", flat=True).first()
+    if existing is not None:
+        raise AlreadyReversed(
+            f"transaction {original.pk} was already reversed by {existing}",
+            details={"transaction_id": original.pk, "reversal_id": existing},
+        )
+    legs = [
+        Leg(code, -Money(amount, currency))
+        for code, amount, currency in original.entries.order_by("id").values_list(
+            "account__code", "amount_minor", "currency"
+        )
+    ]
+    reversal, _ = _post(
+        idempotency_key=f"reverse:{original.pk}",
+        kind="reversal",
+        legs=legs,
+        description=f"Reversal of #{original.pk}: {reason}"[:255],
+        metadata={"reason": reason},
+        event_at=timezone.now(),
+        reverses_id=original.pk,
+    )
+    audit_record(
+        actor=actor,
+        action="ledger.transaction.reverse",
+        obj=original,
+        after={"reversal_id": reversal.pk, "reason": reason},
+    )
+    return reversal
+
+
+# --- holds --------------------------------------------------------------------
+
+
+def _hold_pending_changes(
+    hold: Hold, accounts: dict[str, _AccountFacts], changes: dict[tuple[int, int], _ShardChange], sign: int
+) -> None:
+    """Add (sign=+1) or release (sign=-1) a hold's pending amounts on its two shards."""
+    by_id = {account.id: account for account in accounts.values()}
+    for account_id, shard, debit_minor in (
+        (hold.debit_account_id, hold.debit_shard, hold.amount_minor),
+        (hold.credit_account_id, hold.credit_shard, -hold.amount_minor),
+    ):
+        account = by_id[account_id]
+        change = changes.setdefault((account.id, shard), _ShardChange())
+        if debit_minor * account.normal_sign < 0:
+            change.pending_out += sign * hold.amount_minor
+        else:
+            change.pending_in += sign * hold.amount_minor
+
+
+def _release_hold_pending(
+    hold: Hold, accounts: dict[str, _AccountFacts], changes: dict[tuple[int, int], _ShardChange]
+) -> None:
+    _hold_pending_changes(hold, accounts, changes, sign=-1)
+
+
+@retry_on_conflict
+def hold_create(
+    *,
+    idempotency_key: str,
+    debit_account_code: str,
+    credit_account_code: str,
+    amount: Money,
+    kind: str,
+    description: str = "",
+    metadata: dict[str, Any] | None = None,
+    expires_at: datetime | None = None,
+) -> Hold:
+    """Reserve `amount` to move from the credit account to the debit account later.
+
+    The reserved amount counts against the available balance at once. Same key
+    and same request returns the existing hold.
+    """
+    if not isinstance(amount, Money) or amount.minor <= 0:
+        raise InvalidRequest("a hold needs a positive Money amount", details={"amount": str(amount)})
+    if debit_account_code == credit_account_code:
+        raise InvalidRequest("a hold moves money between two different accounts")
+    accounts = _account_facts([debit_account_code, credit_account_code])
+    _validate_legs([debit(debit_account_code, amount), credit(credit_account_code, amount)], accounts)
+    request_hash = _request_hash(
+        kind,
+        [(debit_account_code, amount.minor, amount.currency), (credit_account_code, -amount.minor, amount.currency)],
+    )
+    existing = Hold.objects.filter(idempotency_key=idempotency_key).first()
+    if existing is not None:
+        return _same_hold_or_mismatch(existing, request_hash)
+    hold = Hold(
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        debit_account_id=accounts[debit_account_code].id,
+        debit_shard=accounts[debit_account_code].pick_shard(),
+        credit_account_id=accounts[credit_account_code].id,
+        credit_shard=accounts[credit_account_code].pick_shard(),
+        amount_minor=amount.minor,
+        currency=amount.currency,
+        kind=kind,
+        description=description,
+        metadata=metadata or {},
+        expires_at=expires_at,
+    )
+    try:
+        with transaction.atomic():
+            hold.save(force_insert=True)
+    except IntegrityError:
+        existing = Hold.objects.filter(idempotency_key=idempotency_key).first()
+        if existing is None:
+            raise
+        return _same_hold_or_mismatch(existing, request_hash)
+    changes: dict[tuple[int, int], _ShardChange] = {}
+    _hold_pending_changes(hold, accounts, changes, sign=+1)
+    _apply_shard_changes(changes, {a.id: a for a in accounts.values()})
+    return hold
+
+
+def _same_hold_or_mismatch(existing: Hold, request_hash: str) -> Hold:
+    if existing.request_hash != request_hash:
+        raise IdempotencyMismatch(
+            f"hold key {existing.idempotency_key!r} was already used for a different reservation",
+            user_message="This reservation reference was already used with other amounts or accounts.",
+            action_required="Check the existing hold; do not reuse its reference.",
+            details={"idempotency_key": existing.idempotency_key, "hold_id": existing.pk},
+        )
+    return existing
+
+
+def _locked_hold(hold_id: int) -> Hold:
+    hold = Hold.objects.select_for_update().select_related("debit_account", "credit_account").filter(pk=hold_id).first()
+    if hold is None:
+        raise NotFound(f"hold {hold_id} does not exist", details={"hold_id": hold_id})
+    return hold
+
+
+@retry_on_conflict
+def hold_post(*, hold_id: int, amount: Money | None = None) -> Transaction:
+    """Post a pending hold, fully or partly; the unposted rest is released.
+
+    Posting an already posted hold for the same amount returns its transaction.
+    """
+    hold = _locked_hold(hold_id)
+    post_minor = hold.amount_minor if amount is None else amount.minor
+    if amount is not None and (amount.currency != hold.currency or not 0 < amount.minor <= hold.amount_minor):
+        raise InvalidRequest(
+            f"can post between 1 and {hold.amount_minor} {hold.currency} of hold {hold.pk}",
+            user_message="The amount to capture must be positive and at most the amount held.",
+            action_required="Capture an amount up to the held amount, in the hold's currency.",
+            details={"hold_id": hold.pk, "held_minor": hold.amount_minor, "currency": hold.currency},
+        )
+    if hold.status == Hold.Status.POSTED and hold.posted_minor == post_minor:
+        assert hold.posted_transaction is not None
+        return hold.posted_transaction
+    _require_pending(hold, Hold.Status.POSTED)
+    money = Money(post_minor, hold.currency)
+    txn, _ = _post(
+        idempotency_key=f"hold:{hold.pk}:post",
+        kind=hold.kind,
+        legs=[debit(hold.debit_account.code, money), credit(hold.credit_account.code, money)],
+        description=hold.description,
+        metadata={**hold.metadata, "hold_id": hold.pk},
+        event_at=timezone.now(),
+        settle_hold=hold,
+    )
+    hold.status, hold.posted_minor, hold.posted_transaction = Hold.Status.POSTED, post_minor, txn
+    hold.save(update_fields=["status", "posted_minor", "posted_transaction", "updated_at"])
+    return txn
+
+
+def _require_pending(hold: Hold, target: str) -> None:
+    if target not in Hold.TRANSITIONS[Hold.Status(hold.status)]:
+        raise InvalidStateTransition(
+            f"hold {hold.pk} is {hold.status}, cannot become {target}",
+            user_message=f"This hold is already {hold.status}.",
+            action_required="No action possible on a settled hold; reload it to see its outcome.",
+            details={"hold_id": hold.pk, "status": hold.status},
+        )
+
+
+def _end_hold(hold_id: int, final_status: str) -> Hold:
+    hold = _locked_hold(hold_id)
+    if hold.status == final_status:
+        return hold
+    _require_pending(hold, final_status)
+    accounts = _account_facts([hold.debit_account.code, hold.credit_account.code])
+    changes: dict[tuple[int, int], _ShardChange] = {}
+    _release_hold_pending(hold, accounts, changes)
+    _apply_shard_changes(changes, {a.id: a for a in accounts.values()})
+    hold.status = final_status
+    hold.save(update_fields=["status", "updated_at"])
+    return hold
+
+
+@retry_on_conflict
+def hold_void(*, hold_id: int) -> Hold:
+    """Release a pending hold without moving money. Voiding a voided hold is a no-op."""
+    return _end_hold(hold_id, Hold.Status.VOIDED)
+
+
+@retry_on_conflict
+def hold_expire(*, hold_id: int) -> Hold:
+    return _end_hold(hold_id, Hold.Status.EXPIRED)
+
+
+def holds_expire_due(*, now: datetime | None = None, limit: int = 500) -> int:
+    """Expire pending holds past their expiry; each in its own transaction."""
+    due = Hold.objects.filter(status=Hold.Status.PENDING, expires_at__lte=now or timezone.now())
+    expired = 0
+    for hold_id in due.order_by("expires_at").values_list("pk", flat=True)[:limit]:
+        try:
+            hold_expire(hold_id=hold_id)
+            expired += 1
+        except InvalidStateTransition:
+            continue  # settled meanwhile by someone else
+    return expired
