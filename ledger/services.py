@@ -631,7 +631,12 @@ def _same_hold_or_mismatch(existing: Hold, request_hash: str) -> Hold:
 
 
 def _locked_hold(hold_id: int) -> Hold:
-    hold = Hold.objects.select_for_update().select_related("debit_account", "credit_account").filter(pk=hold_id).first()
+    hold = (
+        Hold.objects.select_for_update(of=("self",))
+        .select_related("debit_account", "credit_account")
+        .filter(pk=hold_id)
+        .first()
+    )
     if hold is None:
         raise NotFound(f"hold {hold_id} does not exist", details={"hold_id": hold_id})
     return hold
