@@ -8,3 +8,5 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/ledger/", include("ledger.api.urls")),
 ]
+
+handler404 = "core.api.not_found"

@@ -8,8 +8,10 @@ from typing import Any
 
 import structlog
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions as drf_exceptions
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -98,6 +100,31 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         ),
         status=500,
     )
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+    user_message = serializers.CharField()
+    action_required = serializers.CharField()
+    retryable = serializers.BooleanField()
+    details = serializers.DictField()
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The one error body every endpoint returns."""
+
+    error = ErrorDetailSerializer()
+
+
+def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """Django's 404 handler: the one error body under /api/, the usual page elsewhere."""
+    if request.path.startswith("/api/"):
+        user_message, action = _DRF_USER_MESSAGES[404]
+        return JsonResponse(
+            _body("not_found", f"no API endpoint at {request.path}", user_message, action, False, {}), status=404
+        )
+    return defaults.page_not_found(request, exception)
 
 
 # --- Idempotency-Key ---------------------------------------------------------

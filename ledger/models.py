@@ -31,6 +31,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from core.models import TimestampedModel
+from core.money import Money
 
 
 class Account(models.Model):
@@ -118,7 +119,8 @@ class Entry(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.account_id}:{self.amount_minor} {self.currency}"
+        side = "debit" if self.amount_minor > 0 else "credit"
+        return f"{side} {Money(abs(self.amount_minor), self.currency).format()}"
 
 
 class Balance(models.Model):

@@ -7,12 +7,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import OuterRef, QuerySet, Subquery, Sum
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser
+from django.db.models import OuterRef, Prefetch, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 
 from core.errors import NotFound
 from core.money import Money
-from ledger.models import Account, Balance, Entry
+from ledger.models import Account, Balance, Entry, Transaction
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,19 @@ def accounts_with_balances() -> QuerySet[Account]:
         pending_out_minor=Coalesce(Sum("balances__pending_out_minor"), 0),
         pending_in_minor=Coalesce(Sum("balances__pending_in_minor"), 0),
     )
+
+
+def accounts_visible_to(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Account]:
+    """Finance staff with ledger.view_account see every account; anyone else only the accounts they own."""
+    accounts = accounts_with_balances()
+    if user.is_staff and user.has_perm("ledger.view_account"):
+        return accounts
+    return accounts.filter(owner_type="user", owner_id=str(user.pk))
+
+
+def transaction_with_entries(transaction_id: int) -> Transaction:
+    entries = Entry.objects.select_related("account").order_by("id")
+    return Transaction.objects.prefetch_related(Prefetch("entries", queryset=entries)).get(pk=transaction_id)
 
 
 def account_balance(account: Account) -> AccountBalance:

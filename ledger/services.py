@@ -49,6 +49,7 @@ from core.errors import (
     NotFound,
 )
 from core.money import Money, MoneyError, validate_currency
+from core.permissions import require_permission
 from core.services import audit_record
 from ledger.models import Account, Balance, Entry, Hold, Transaction
 
@@ -494,7 +495,12 @@ def transaction_post(
 
 @retry_on_conflict
 def transaction_reverse(*, transaction_id: int, reason: str, actor: AbstractBaseUser | None = None) -> Transaction:
-    """Post the mirror image of a transaction, once. Reversals themselves cannot be reversed."""
+    """Post the mirror image of a transaction, once. Reversals themselves cannot be reversed.
+
+    A staff `actor` needs `ledger.reverse_transaction`; `actor=None` is the system itself.
+    """
+    if actor is not None:
+        require_permission(actor, "ledger.reverse_transaction")
     original = Transaction.objects.select_for_update().filter(pk=transaction_id).first()
     if original is None:
         raise NotFound(f"transaction {transaction_id} does not exist", details={"transaction_id": transaction_id})

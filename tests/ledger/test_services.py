@@ -1,6 +1,7 @@
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.utils import timezone
 
 from core.errors import (
@@ -10,6 +11,7 @@ from core.errors import (
     InvalidRequest,
     InvalidStateTransition,
     NotFound,
+    PermissionDenied,
 )
 from core.models import AuditLog
 from core.money import Money
@@ -265,6 +267,10 @@ def test_due_holds_expire(alice, bob):
 
 def test_reversal_restores_balances_once_and_is_audited(alice, bob, django_user_model):
     staff = django_user_model.objects.create_user("finance", is_staff=True)
+    with pytest.raises(PermissionDenied):
+        transaction_reverse(transaction_id=1, reason="no permission yet", actor=staff)
+    staff.user_permissions.add(Permission.objects.get(codename="reverse_transaction"))
+    staff = django_user_model.objects.get(pk=staff.pk)  # fresh permission cache
     txn = transaction_post(
         idempotency_key="t", kind="transfer", legs=[debit(alice.code, usd(300)), credit(bob.code, usd(300))]
     )
