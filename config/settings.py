@@ -103,6 +103,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "ledger.check_integrity",
         "schedule": crontab(hour=2, minute=30),
     },
+    "ledger-expire-holds": {"task": "ledger.expire_holds", "schedule": crontab()},  # every minute
     "core-purge-idempotency-keys": {
         "task": "core.purge_idempotency_keys",
         "schedule": crontab(minute=15),

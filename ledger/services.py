@@ -41,6 +41,7 @@ from django.utils import timezone
 
 from core.errors import (
     AlreadyReversed,
+    AppError,
     IdempotencyMismatch,
     InsufficientFunds,
     InvalidRequest,
@@ -252,12 +253,14 @@ def _apply_shard_changes(
             )
             row = cursor.fetchone()
             if row is None:
-                _raise_insufficient_funds(accounts_by_id[account_id], change)
+                _raise_insufficient_funds(accounts_by_id[account_id], shard, change)
             after[account_id, shard] = (row[0], row[1])
     return after
 
 
-def _raise_insufficient_funds(account: _AccountFacts, change: _ShardChange) -> None:
+def _raise_insufficient_funds(account: _AccountFacts, shard: int, change: _ShardChange) -> None:
+    if not Balance.objects.filter(account_id=account.id, shard=shard).exists():
+        raise RuntimeError(f"ledger account {account.code} has no balance row for shard {shard}")
     balance = account_available_minor(account.id)
     needed = -(change.posted - change.pending_out)
     raise InsufficientFunds(
@@ -717,14 +720,19 @@ def hold_expire(*, hold_id: int) -> Hold:
     return _end_hold(hold_id, Hold.Status.EXPIRED)
 
 
-def holds_expire_due(*, now: datetime | None = None, limit: int = 500) -> int:
-    """Expire pending holds past their expiry; each in its own transaction."""
+def holds_expire_due(*, now: datetime | None = None) -> int:
+    """Expire every pending hold past its expiry, each in its own transaction.
+
+    A hold that fails is logged and left for the next run; it never stops the rest.
+    """
     due = Hold.objects.filter(status=Hold.Status.PENDING, expires_at__lte=now or timezone.now())
     expired = 0
-    for hold_id in due.order_by("expires_at").values_list("pk", flat=True)[:limit]:
+    for hold_id in due.order_by("expires_at", "pk").values_list("pk", flat=True).iterator(chunk_size=500):
         try:
             hold_expire(hold_id=hold_id)
             expired += 1
         except InvalidStateTransition:
             continue  # settled meanwhile by someone else
+        except AppError as error:
+            log.error("ledger.hold_expire_failed", hold_id=hold_id, code=error.code, error=error.message)
     return expired

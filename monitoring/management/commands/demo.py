@@ -1,0 +1,193 @@
+"""`manage.py demo`: migrate, seed, run a money lifecycle, then serve the admin (or smoke-check it).
+
+Runs on whatever DATABASE_URL says; `make demo` points it at a SQLite file with
+no Redis. Seeding is idempotent; each run adds one more lifecycle with its own
+references, so re-running shows new activity without double-posting the seed.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.test import Client
+from django.utils import timezone
+
+from core.errors import AppError
+from core.money import Money
+from ledger.integrity import ledger_integrity_report
+from ledger.models import Account
+from ledger.selectors import account_balance
+from ledger.services import (
+    account_create,
+    credit,
+    debit,
+    hold_create,
+    hold_post,
+    hold_void,
+    transaction_post,
+    transaction_reverse,
+)
+
+ADMIN_USERNAME = "finance-admin"
+PLATFORM_ACCOUNTS = [
+    # code, name, type, may go negative
+    ("platform:stripe-clearing:USD", "Stripe clearing (USD)", Account.Type.ASSET, True),
+    ("platform:maya-clearing:PHP", "Maya clearing (PHP)", Account.Type.ASSET, True),
+    ("platform:revenue:USD", "Platform revenue (USD)", Account.Type.REVENUE, True),
+    ("platform:revenue:PHP", "Platform revenue (PHP)", Account.Type.REVENUE, True),
+]
+CUSTOMERS = [("alice", "USD", 50_000), ("bob", "USD", 0), ("carmen", "PHP", 2_500_000)]
+
+
+def wallet_code(username: str, currency: str) -> str:
+    return f"user:{username}:wallet:{currency}"
+
+
+class Command(BaseCommand):
+    help = "Seed demo data, run a full money lifecycle and serve the admin (or --smoke check it and exit)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        mode = parser.add_mutually_exclusive_group()
+        mode.add_argument("--serve", action="store_true", help="Serve the admin on 127.0.0.1:8000 afterwards.")
+        mode.add_argument("--smoke", action="store_true", help="Check the admin and API answer, then exit.")
+        parser.add_argument("--addrport", default="127.0.0.1:8000")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        call_command("migrate", interactive=False, verbosity=0)
+        password = self.ensure_admin()
+        self.seed()
+        self.run_lifecycle(run_id=timezone.now().strftime("%Y%m%d%H%M%S%f"))
+        self.print_balances()
+        self.check_ledger()
+        if options["smoke"]:
+            self.smoke_check(password)
+            self.stdout.write(self.style.SUCCESS("demo smoke run passed"))
+            return
+        self.print_credentials(password, options["addrport"])
+        if options["serve"]:
+            call_command("runserver", options["addrport"], use_reloader=False)
+
+    def ensure_admin(self) -> str:
+        user_model = get_user_model()
+        user, _ = user_model.objects.get_or_create(username=ADMIN_USERNAME, defaults={"email": "finance@example.com"})
+        password = secrets.token_urlsafe(12)
+        user.is_staff = user.is_superuser = True
+        user.set_password(password)
+        user.save()
+        return password
+
+    def seed(self) -> None:
+        for code, name, type_, hot in PLATFORM_ACCOUNTS:
+            currency = code.rsplit(":", 1)[1]
+            account_create(code=code, name=name, type=type_, currency=currency, allow_negative=hot)
+        for username, currency, opening_minor in CUSTOMERS:
+            user, _ = get_user_model().objects.get_or_create(username=username)
+            code = wallet_code(username, currency)
+            account_create(
+                code=code,
+                name=f"{username}'s wallet",
+                type=Account.Type.LIABILITY,
+                currency=currency,
+                owner_type="user",
+                owner_id=str(user.pk),
+            )
+            if opening_minor:
+                clearing = "platform:stripe-clearing:USD" if currency == "USD" else "platform:maya-clearing:PHP"
+                money = Money(opening_minor, currency)
+                transaction_post(
+                    idempotency_key=f"demo:seed:topup:{username}",
+                    kind="top_up",
+                    legs=[debit(clearing, money), credit(code, money)],
+                    description=f"Card top-up by {username}",
+                )
+        self.stdout.write("seeded platform accounts and customer wallets")
+
+    def run_lifecycle(self, run_id: str) -> None:
+        alice, bob = wallet_code("alice", "USD"), wallet_code("bob", "USD")
+        carmen = wallet_code("carmen", "PHP")
+        usd = lambda minor: Money(minor, "USD")  # noqa: E731
+        step = self.stdout.write
+
+        deal = hold_create(
+            idempotency_key=f"demo:{run_id}:escrow",
+            debit_account_code=alice,
+            credit_account_code=bob,
+            amount=usd(12_000),
+            kind="escrow_hold",
+            description="Alice buys a used camera from Bob (held in escrow)",
+        )
+        step(f"held {usd(12_000)} from alice for bob (hold #{deal.pk})")
+        capture = hold_post(hold_id=deal.pk, amount=usd(10_000))
+        step(f"captured {usd(10_000)} of it, released the rest (transaction #{capture.pk})")
+        commission = transaction_post(
+            idempotency_key=f"demo:{run_id}:commission",
+            kind="commission",
+            legs=[debit(bob, usd(800)), credit("platform:revenue:USD", usd(800))],
+            description="8% seller commission",
+        )
+        step(f"charged bob {usd(800)} commission (transaction #{commission.pk})")
+
+        cancelled = hold_create(
+            idempotency_key=f"demo:{run_id}:cancelled",
+            debit_account_code=alice,
+            credit_account_code=bob,
+            amount=usd(3_000),
+            kind="escrow_hold",
+            description="An order Alice cancelled",
+        )
+        hold_void(hold_id=cancelled.pk)
+        step(f"voided a {usd(3_000)} hold (hold #{cancelled.pk})")
+
+        fee = transaction_post(
+            idempotency_key=f"demo:{run_id}:verification",
+            kind="service_fee",
+            legs=[debit(carmen, Money(15_000, "PHP")), credit("platform:revenue:PHP", Money(15_000, "PHP"))],
+            description="Phone verification, later failed",
+        )
+        refund = transaction_reverse(transaction_id=fee.pk, reason="verification failed: refunded automatically")
+        step(f"charged carmen {Money(15_000, 'PHP')} and refunded it (reversal #{refund.pk})")
+
+        try:
+            transaction_post(
+                idempotency_key=f"demo:{run_id}:overdraft",
+                kind="transfer",
+                legs=[debit(bob, usd(10**9)), credit(alice, usd(10**9))],
+            )
+        except AppError as error:
+            step(f"refused as expected: {error.user_message} {error.action_required}")
+
+    def print_balances(self) -> None:
+        self.stdout.write("\nbalances:")
+        for account in Account.objects.order_by("code"):
+            balance = account_balance(account)
+            self.stdout.write(f"  {account.code:<34} {balance.posted.format():>16}  available {balance.available}")
+
+    def check_ledger(self) -> None:
+        report = ledger_integrity_report()
+        if report.findings:
+            for finding in report.findings:
+                self.stderr.write(f"  {finding}")
+            raise CommandError(f"ledger check found {len(report.findings)} problem(s)")
+        self.stdout.write(self.style.SUCCESS("ledger check: balanced, no drift"))
+
+    def smoke_check(self, password: str) -> None:
+        client = Client()
+        if not client.login(username=ADMIN_USERNAME, password=password):
+            raise CommandError("could not sign in to the admin with the demo credentials")
+        for url in ("/admin/", "/admin/ledger/account/", "/admin/ledger/transaction/", "/api/schema/"):
+            status = client.get(url).status_code
+            if status != 200:
+                raise CommandError(f"GET {url} answered {status}")
+            self.stdout.write(f"GET {url} -> {status}")
+
+    def print_credentials(self, password: str, addrport: str) -> None:
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"\nAdmin: http://{addrport}/admin/\n  username: {ADMIN_USERNAME}\n  password: {password}\n"
+                f"API docs: http://{addrport}/api/docs/"
+            )
+        )
