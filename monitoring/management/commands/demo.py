@@ -69,7 +69,7 @@ class Command(BaseCommand):
             return
         self.print_credentials(password, options["addrport"])
         if options["serve"]:
-            call_command("runserver", options["addrport"], use_reloader=False)
+            call_command("runserver", options["addrport"], use_reloader=False, insecure_serving=True)
 
     def ensure_admin(self) -> str:
         user_model = get_user_model()
