@@ -154,6 +154,8 @@ IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS = env.int("IDEMPOTENCY_IN_FLIGHT_TIMEOUT_S
 # Balance rows per hot account (accounts allowed to go negative); writers spread over them.
 LEDGER_HOT_ACCOUNT_SHARDS = env.int("LEDGER_HOT_ACCOUNT_SHARDS", default=16)
 LEDGER_MAX_RETRIES = env.int("LEDGER_MAX_RETRIES", default=5)
+# Accounts whose (immutable) facts each process remembers; see ledger.services.
+LEDGER_REMEMBERED_ACCOUNTS = env.int("LEDGER_REMEMBERED_ACCOUNTS", default=100_000)
 
 PROVIDER_MODE = env.str("PROVIDER_MODE", default="sandbox")
 

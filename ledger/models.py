@@ -79,18 +79,27 @@ class Account(models.Model):
 class Transaction(models.Model):
     """One journal entry: a balanced set of entries posted together."""
 
-    idempotency_key = models.CharField(max_length=255, unique=True)
+    idempotency_key = models.CharField(max_length=255)
     request_hash = models.CharField(max_length=64)
-    kind = models.CharField(max_length=50, db_index=True)
+    kind = models.CharField(max_length=50)
     description = models.CharField(max_length=255, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
     event_at = models.DateTimeField(help_text="When it happened in the world.")
     created_at = models.DateTimeField(default=timezone.now, help_text="When the ledger recorded it.")
-    reverses = models.OneToOneField("self", null=True, blank=True, on_delete=models.PROTECT, related_name="reversed_by")
+    reverses = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="reversals", db_index=False
+    )
 
     class Meta:
         ordering = ["-id"]
-        indexes = [models.Index(fields=["event_at"]), models.Index(fields=["created_at"])]
+        indexes = [models.Index(fields=["event_at"])]
+        constraints = [
+            # Plain unique constraints (not unique=True) so PostgreSQL builds no extra pattern index.
+            models.UniqueConstraint(fields=["idempotency_key"], name="ledger_transaction_key_uniq"),
+            models.UniqueConstraint(
+                fields=["reverses"], condition=Q(reverses__isnull=False), name="ledger_transaction_reversed_once"
+            ),
+        ]
         permissions = [("reverse_transaction", "Can reverse a ledger transaction")]
 
     def __str__(self) -> str:
@@ -101,7 +110,8 @@ class Entry(models.Model):
     """One leg of a transaction on one balance shard of one account."""
 
     transaction = models.ForeignKey(Transaction, on_delete=models.PROTECT, related_name="entries")
-    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="entries")
+    # Indexed by the composite indexes below, which start with the account.
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="entries", db_index=False)
     shard = models.PositiveSmallIntegerField(default=0)
     amount_minor = models.BigIntegerField(help_text="Debit positive, credit negative.")
     currency = models.CharField(max_length=3)
@@ -166,9 +176,9 @@ class Hold(TimestampedModel):
         Status.EXPIRED: set(),
     }
 
-    idempotency_key = models.CharField(max_length=255, unique=True)
+    idempotency_key = models.CharField(max_length=255)
     request_hash = models.CharField(max_length=64)
-    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
     debit_account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="debit_holds")
     debit_shard = models.PositiveSmallIntegerField(default=0)
     credit_account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="credit_holds")
@@ -188,6 +198,7 @@ class Hold(TimestampedModel):
         ordering = ["-id"]
         indexes = [models.Index(fields=["status", "expires_at"])]
         constraints = [
+            models.UniqueConstraint(fields=["idempotency_key"], name="ledger_hold_key_uniq"),
             models.CheckConstraint(condition=Q(amount_minor__gt=0), name="ledger_hold_amount_positive"),
             models.CheckConstraint(
                 condition=Q(posted_minor__gte=0) & Q(posted_minor__lte=F("amount_minor")),

@@ -8,11 +8,12 @@ Invariants kept here (and, on PostgreSQL, by the database as well):
   different request is refused (`IdempotencyMismatch`);
 - a transaction is reversed at most once, and a hold is settled at most once.
 
-How a write runs: one database transaction that first claims the
-idempotency key (INSERT ... ON CONFLICT DO NOTHING), then updates the touched
+How a write runs: this module validates the request, computes its hash,
+picks balance shards and builds a write plan; `ledger.writer` applies it in
+one database transaction: claim the idempotency key, update the touched
 balance rows in sorted (account, shard) order with a conditional UPDATE that
-both row-locks the row and checks the no-negative rule, then inserts the
-entries. Sorted order means two writers never wait on each other in a cycle;
+both row-locks the row and checks the no-negative rule, insert the entries.
+Sorted order means two writers never wait on each other in a cycle;
 deadlock or serialization failures are still retried a bounded number of
 times when this module owns the outermost transaction.
 
@@ -28,7 +29,7 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
@@ -52,7 +53,16 @@ from core.errors import (
 from core.money import Money, MoneyError, validate_currency
 from core.permissions import require_permission
 from core.services import audit_record
-from ledger.models import Account, Balance, Entry, Hold, Transaction
+from ledger.models import Account, Balance, Hold, Transaction
+from ledger.writer import (
+    AccountFacts,
+    ShortOfFunds,
+    StaleAccountFacts,
+    TransactionRow,
+    WritePlan,
+    apply_plan,
+    fetch_account_facts,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -88,32 +98,39 @@ def _is_retryable(error: DatabaseError) -> bool:
     return getattr(error.__cause__, "sqlstate", None) in RETRYABLE_SQLSTATES
 
 
-def retry_on_conflict(func: Callable[P, R]) -> Callable[P, R]:
-    """Run `func` in its own atomic block, retrying deadlocks and serialization failures.
+def retry_on_conflict(func: Callable[P, R] | None = None, *, atomic: bool = True) -> Any:
+    """Retry `func` on deadlock, serialization failure or stale account facts.
 
-    Inside a caller's transaction the caller owns the retry: run once.
+    `func` runs in its own atomic block, unless `atomic=False` says its single
+    write statement is its own transaction. Inside a caller's transaction it
+    runs in a savepoint and only stale account facts are retried there: the
+    caller owns the retry of everything else.
     """
 
-    @wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        if connection.in_atomic_block:
-            with transaction.atomic():
-                return func(*args, **kwargs)
-        attempts = settings.LEDGER_MAX_RETRIES
-        for attempt in range(1, attempts + 1):
-            try:
-                with transaction.atomic():
-                    return func(*args, **kwargs)
-            except DatabaseError as error:
-                if not _is_retryable(error) or attempt == attempts:
-                    if _is_retryable(error):
-                        raise LedgerContention(f"{func.__name__} gave up after {attempts} attempts") from error
-                    raise
-                log.warning("ledger.retry", operation=func.__name__, attempt=attempt, error=str(error))
-                time.sleep(random.uniform(0, 0.005 * 2**attempt))
-        raise AssertionError("unreachable")
+    def decorate(func: Callable[P, R]) -> Callable[P, R]:
+        @wraps(func)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            nested = connection.in_atomic_block
+            attempts = settings.LEDGER_MAX_RETRIES
+            for attempt in range(1, attempts + 1):
+                try:
+                    if not (atomic or nested):
+                        return func(*args, **kwargs)
+                    with transaction.atomic():
+                        return func(*args, **kwargs)
+                except StaleAccountFacts:
+                    forget_account_facts()
+                    log.warning("ledger.stale_account_facts", operation=func.__name__, attempt=attempt)
+                except DatabaseError as error:
+                    if nested or not _is_retryable(error):
+                        raise
+                    log.warning("ledger.retry", operation=func.__name__, attempt=attempt, error=str(error))
+                    time.sleep(random.uniform(0, 0.005 * 2**attempt))
+            raise LedgerContention(f"{func.__name__} gave up after {attempts} attempts")
 
-    return wrapper
+        return wrapper
+
+    return decorate(func) if func is not None else decorate
 
 
 # --- accounts -----------------------------------------------------------------
@@ -165,35 +182,32 @@ def account_create(
     return account
 
 
-@dataclass(frozen=True)
-class _AccountFacts:
-    id: int
-    code: str
-    currency: str
-    normal_sign: int
-    allow_negative: bool
-    shards: int
-
-    def pick_shard(self) -> int:
-        return random.randrange(self.shards) if self.shards > 1 else 0
+# Facts of accounts with committed entries. Such an account can never be deleted
+# (entries are append-only) and its facts never change (PostgreSQL refuses), so
+# each process remembers them after a commit and skips reading them again.
+# ledger_post re-checks them in the same statement all the same: a stale one is
+# refused, forgotten and the write retried (see retry_on_conflict).
+_remembered_facts: dict[str, AccountFacts] = {}
 
 
-def _account_facts(codes: Iterable[str]) -> dict[str, _AccountFacts]:
+def forget_account_facts() -> None:
+    _remembered_facts.clear()
+
+
+def _remember_after_commit(accounts: dict[str, AccountFacts]) -> None:
+    def remember() -> None:
+        if len(_remembered_facts) > settings.LEDGER_REMEMBERED_ACCOUNTS:
+            _remembered_facts.clear()
+        _remembered_facts.update(accounts)
+
+    transaction.on_commit(remember)
+
+
+def _account_facts(codes: Iterable[str]) -> dict[str, AccountFacts]:
     wanted = set(codes)
-    rows = Account.objects.filter(code__in=wanted).values_list(
-        "id", "code", "currency", "type", "allow_negative", "balance_shards"
-    )
-    found = {
-        code: _AccountFacts(
-            id=pk,
-            code=code,
-            currency=currency,
-            normal_sign=1 if type_ in Account.DEBIT_NORMAL_TYPES else -1,
-            allow_negative=allow_negative,
-            shards=shards,
-        )
-        for pk, code, currency, type_, allow_negative, shards in rows
-    }
+    found = {code: _remembered_facts[code] for code in wanted if code in _remembered_facts}
+    if len(found) < len(wanted):
+        found.update((facts.code, facts) for facts in fetch_account_facts(sorted(wanted - found.keys())))
     missing = sorted(wanted - found.keys())
     if missing:
         raise NotFound(
@@ -205,82 +219,26 @@ def _account_facts(codes: Iterable[str]) -> dict[str, _AccountFacts]:
     return found
 
 
-# --- balance changes ----------------------------------------------------------
+# --- applying plans ---------------------------------------------------------------
 
 
-@dataclass
-class _ShardChange:
-    """What one write does to one balance shard, in the account's normal direction."""
-
-    posted: int = 0
-    pending_out: int = 0
-    pending_in: int = 0
-    entry_deltas: list[int] = field(default_factory=list)
-
-
-_UPDATE_BALANCE_SQL = """
-UPDATE ledger_balance
-   SET posted_minor = posted_minor + %s,
-       pending_out_minor = pending_out_minor + %s,
-       pending_in_minor = pending_in_minor + %s,
-       version = version + %s
- WHERE account_id = %s AND shard = %s
-   AND (allow_negative OR posted_minor + %s - (pending_out_minor + %s) >= 0)
-RETURNING posted_minor, version
-"""
-
-
-def _apply_shard_changes(
-    changes: dict[tuple[int, int], _ShardChange], accounts_by_id: dict[int, _AccountFacts]
-) -> dict[tuple[int, int], tuple[int, int]]:
-    """Update balance rows in sorted order; return (posted, version) after, per shard."""
-    after: dict[tuple[int, int], tuple[int, int]] = {}
-    with connection.cursor() as cursor:
-        for account_id, shard in sorted(changes):
-            change = changes[account_id, shard]
-            cursor.execute(
-                _UPDATE_BALANCE_SQL,
-                [
-                    change.posted,
-                    change.pending_out,
-                    change.pending_in,
-                    len(change.entry_deltas),
-                    account_id,
-                    shard,
-                    change.posted,
-                    change.pending_out,
-                ],
-            )
-            row = cursor.fetchone()
-            if row is None:
-                _raise_insufficient_funds(accounts_by_id[account_id], shard, change)
-            after[account_id, shard] = (row[0], row[1])
-    return after
-
-
-def _raise_insufficient_funds(account: _AccountFacts, shard: int, change: _ShardChange) -> None:
-    if not Balance.objects.filter(account_id=account.id, shard=shard).exists():
-        raise RuntimeError(f"ledger account {account.code} has no balance row for shard {shard}")
-    balance = account_available_minor(account.id)
-    needed = -(change.posted - change.pending_out)
-    raise InsufficientFunds(
-        f"account {account.code} has {balance} available, the movement needs {needed}",
-        details={
-            "account": account.code,
-            "currency": account.currency,
-            "available_minor": balance,
-            "requested_minor": needed,
-        },
-    )
-
-
-def account_available_minor(account_id: int) -> int:
-    total = 0
-    for posted, pending_out in Balance.objects.filter(account_id=account_id).values_list(
-        "posted_minor", "pending_out_minor"
-    ):
-        total += posted - pending_out
-    return total
+def _apply(plan: WritePlan, accounts: dict[str, AccountFacts]) -> int | None:
+    """Apply a plan, turning a refused balance change into InsufficientFunds."""
+    try:
+        return apply_plan(plan)
+    except ShortOfFunds as short:
+        account = next(a for a in accounts.values() if a.id == short.account_id)
+        changes = [change for (account_id, _), change in plan.changes.items() if account_id == account.id]
+        requested = -sum(change.posted - change.pending_out for change in changes)
+        raise InsufficientFunds(
+            f"account {account.code} has {short.available_minor} available, the movement needs {requested}",
+            details={
+                "account": account.code,
+                "currency": account.currency,
+                "available_minor": short.available_minor,
+                "requested_minor": requested,
+            },
+        ) from None
 
 
 # --- posting ------------------------------------------------------------------
@@ -291,7 +249,7 @@ def _request_hash(kind: str, legs: Sequence[tuple[str, int, str]], extra: dict[s
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _validate_legs(legs: Sequence[Leg], accounts: dict[str, _AccountFacts]) -> None:
+def _validate_legs(legs: Sequence[Leg], accounts: dict[str, AccountFacts]) -> None:
     if len(legs) < 2:
         raise InvalidRequest("a transaction needs at least two legs", details={"legs": len(legs)})
     totals: dict[str, int] = defaultdict(int)
@@ -319,61 +277,6 @@ def _validate_legs(legs: Sequence[Leg], accounts: dict[str, _AccountFacts]) -> N
         )
 
 
-_INSERT_TRANSACTION_SQL = """
-INSERT INTO ledger_transaction
-    (idempotency_key, request_hash, kind, description, metadata, event_at, created_at, reverses_id)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (idempotency_key) DO NOTHING
-RETURNING id
-"""
-
-
-def _claim_transaction(
-    *,
-    idempotency_key: str,
-    request_hash: str,
-    kind: str,
-    description: str,
-    metadata: dict[str, Any],
-    event_at: datetime,
-    reverses_id: int | None,
-) -> Transaction | None:
-    """Insert the transaction row, or return None if this key was already posted."""
-    created_at = timezone.now()
-    ops = connection.ops
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _INSERT_TRANSACTION_SQL,
-            [
-                idempotency_key,
-                request_hash,
-                kind,
-                description,
-                json.dumps(metadata),
-                ops.adapt_datetimefield_value(event_at),
-                ops.adapt_datetimefield_value(created_at),
-                reverses_id,
-            ],
-        )
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    txn = Transaction(
-        id=row[0],
-        idempotency_key=idempotency_key,
-        request_hash=request_hash,
-        kind=kind,
-        description=description,
-        metadata=metadata,
-        event_at=event_at,
-        created_at=created_at,
-        reverses_id=reverses_id,
-    )
-    txn._state.adding = False
-    txn._state.db = connection.alias
-    return txn
-
-
 def _existing_transaction(idempotency_key: str, request_hash: str) -> Transaction:
     existing = Transaction.objects.get(idempotency_key=idempotency_key)
     if existing.request_hash != request_hash:
@@ -384,43 +287,6 @@ def _existing_transaction(idempotency_key: str, request_hash: str) -> Transactio
             details={"idempotency_key": idempotency_key, "transaction_id": existing.pk},
         )
     return existing
-
-
-def _write_entries(
-    txn: Transaction,
-    legs: Sequence[Leg],
-    accounts: dict[str, _AccountFacts],
-    shards: dict[str, int],
-    changes: dict[tuple[int, int], _ShardChange],
-) -> None:
-    after = _apply_shard_changes(changes, {a.id: a for a in accounts.values()})
-    created_at = timezone.now()  # after the row locks: per shard, time order follows version order
-    # Walk each shard's entries from the balance before this write up to the one after.
-    running = {
-        key: (posted - sum(changes[key].entry_deltas), version - len(changes[key].entry_deltas))
-        for key, (posted, version) in after.items()
-    }
-    entries = []
-    for leg in legs:
-        account = accounts[leg.account_code]
-        key = (account.id, shards[leg.account_code])
-        balance, version = running[key]
-        balance += leg.amount.minor * account.normal_sign
-        version += 1
-        running[key] = (balance, version)
-        entries.append(
-            Entry(
-                transaction_id=txn.pk,
-                account_id=account.id,
-                shard=key[1],
-                amount_minor=leg.amount.minor,
-                currency=leg.amount.currency,
-                balance_after_minor=balance,
-                version_after=version,
-                created_at=created_at,
-            )
-        )
-    Entry.objects.bulk_create(entries)
 
 
 def _post(
@@ -434,42 +300,62 @@ def _post(
     reverses_id: int | None = None,
     settle_hold: Hold | None = None,
 ) -> tuple[Transaction, bool]:
-    """Post legs once per key; returns (transaction, created). Runs inside the caller's atomic block."""
+    """Post legs once per key; returns (transaction, created)."""
     accounts = _account_facts(leg.account_code for leg in legs)
     _validate_legs(legs, accounts)
-    request_hash = _request_hash(
-        kind, [(leg.account_code, leg.amount.minor, leg.amount.currency) for leg in legs], {"reverses": reverses_id}
-    )
-    txn = _claim_transaction(
+    row = TransactionRow(
         idempotency_key=idempotency_key,
-        request_hash=request_hash,
+        request_hash=_request_hash(
+            kind, [(leg.account_code, leg.amount.minor, leg.amount.currency) for leg in legs], {"reverses": reverses_id}
+        ),
         kind=kind,
         description=description,
         metadata=metadata or {},
         event_at=event_at or timezone.now(),
+        created_at=timezone.now(),
         reverses_id=reverses_id,
     )
-    if txn is None:
-        return _existing_transaction(idempotency_key, request_hash), False
-
     shards = {code: account.pick_shard() for code, account in accounts.items()}
     if settle_hold is not None:  # a hold's legs land on the shards it reserved
         shards[settle_hold.debit_account.code] = settle_hold.debit_shard
         shards[settle_hold.credit_account.code] = settle_hold.credit_shard
-    changes: dict[tuple[int, int], _ShardChange] = {}
+    plan = WritePlan(transaction=row, accounts=list(accounts.values()))
     for leg in legs:
         account = accounts[leg.account_code]
-        change = changes.setdefault((account.id, shards[leg.account_code]), _ShardChange())
-        delta = leg.amount.minor * account.normal_sign
-        change.posted += delta
-        change.entry_deltas.append(delta)
+        plan.add_entry(
+            account_id=account.id,
+            shard=shards[leg.account_code],
+            amount_minor=leg.amount.minor,
+            currency=leg.amount.currency,
+            normal_sign=account.normal_sign,
+        )
     if settle_hold is not None:
-        _release_hold_pending(settle_hold, accounts, changes)
-    _write_entries(txn, legs, accounts, shards, changes)
-    return txn, True
+        _plan_hold_pending(plan, settle_hold, accounts, sign=-1)
+    transaction_id = _apply(plan, accounts)
+    if transaction_id is None:
+        return _existing_transaction(idempotency_key, row.request_hash), False
+    _remember_after_commit(accounts)
+    return _transaction_from_row(transaction_id, row), True
 
 
-@retry_on_conflict
+def _transaction_from_row(transaction_id: int, row: TransactionRow) -> Transaction:
+    txn = Transaction(
+        id=transaction_id,
+        idempotency_key=row.idempotency_key,
+        request_hash=row.request_hash,
+        kind=row.kind,
+        description=row.description,
+        metadata=row.metadata,
+        event_at=row.event_at,
+        created_at=row.created_at,
+        reverses_id=row.reverses_id,
+    )
+    txn._state.adding = False
+    txn._state.db = connection.alias
+    return txn
+
+
+@retry_on_conflict(atomic=False)
 def transaction_post(
     *,
     idempotency_key: str,
@@ -547,27 +433,21 @@ def transaction_reverse(*, transaction_id: int, reason: str, actor: AbstractBase
 # --- holds --------------------------------------------------------------------
 
 
-def _hold_pending_changes(
-    hold: Hold, accounts: dict[str, _AccountFacts], changes: dict[tuple[int, int], _ShardChange], sign: int
-) -> None:
-    """Add (sign=+1) or release (sign=-1) a hold's pending amounts on its two shards."""
+def _plan_hold_pending(plan: WritePlan, hold: Hold, accounts: dict[str, AccountFacts], sign: int) -> None:
+    """Add (sign=+1) or release (sign=-1) a hold's pending amounts on its two shards.
+
+    The hold debits one account and credits the other: for each, that lowers
+    the balance (pending out) or raises it (pending in) by its normal direction.
+    """
     by_id = {account.id: account for account in accounts.values()}
     for account_id, shard, debit_minor in (
         (hold.debit_account_id, hold.debit_shard, hold.amount_minor),
         (hold.credit_account_id, hold.credit_shard, -hold.amount_minor),
     ):
-        account = by_id[account_id]
-        change = changes.setdefault((account.id, shard), _ShardChange())
-        if debit_minor * account.normal_sign < 0:
-            change.pending_out += sign * hold.amount_minor
+        if debit_minor * by_id[account_id].normal_sign < 0:
+            plan.add_pending(account_id=account_id, shard=shard, out_minor=sign * hold.amount_minor)
         else:
-            change.pending_in += sign * hold.amount_minor
-
-
-def _release_hold_pending(
-    hold: Hold, accounts: dict[str, _AccountFacts], changes: dict[tuple[int, int], _ShardChange]
-) -> None:
-    _hold_pending_changes(hold, accounts, changes, sign=-1)
+            plan.add_pending(account_id=account_id, shard=shard, in_minor=sign * hold.amount_minor)
 
 
 @retry_on_conflict
@@ -622,9 +502,9 @@ def hold_create(
         if existing is None:
             raise
         return _same_hold_or_mismatch(existing, request_hash)
-    changes: dict[tuple[int, int], _ShardChange] = {}
-    _hold_pending_changes(hold, accounts, changes, sign=+1)
-    _apply_shard_changes(changes, {a.id: a for a in accounts.values()})
+    plan = WritePlan(transaction=None, accounts=list(accounts.values()))
+    _plan_hold_pending(plan, hold, accounts, sign=+1)
+    _apply(plan, accounts)
     return hold
 
 
@@ -701,9 +581,9 @@ def _end_hold(hold_id: int, final_status: str) -> Hold:
         return hold
     _require_pending(hold, final_status)
     accounts = _account_facts([hold.debit_account.code, hold.credit_account.code])
-    changes: dict[tuple[int, int], _ShardChange] = {}
-    _release_hold_pending(hold, accounts, changes)
-    _apply_shard_changes(changes, {a.id: a for a in accounts.values()})
+    plan = WritePlan(transaction=None, accounts=list(accounts.values()))
+    _plan_hold_pending(plan, hold, accounts, sign=-1)
+    _apply(plan, accounts)
     hold.status = final_status
     hold.save(update_fields=["status", "updated_at"])
     return hold

@@ -15,7 +15,7 @@ from core.errors import (
 )
 from core.models import AuditLog
 from core.money import Money
-from ledger.models import Balance, Entry, Hold, Transaction
+from ledger.models import Account, Balance, Entry, Hold, Transaction
 from ledger.selectors import account_balance, account_balance_at, account_statement
 from ledger.services import (
     account_create,
@@ -320,3 +320,32 @@ def test_point_in_time_balance_and_statement(alice, bob, clearing):
     assert [line.amount.minor for line in statement.lines] == [100, 250, 50]
     assert [line.balance_after.minor for line in statement.lines] == [100, 350, 400]
     assert statement.closing.minor == 400
+
+
+@pytest.mark.django_db(transaction=True)
+def test_remembered_account_facts_never_misdirect_a_posting():
+    """Facts are remembered after a commit; after the table is rebuilt under them, the write
+    is refused by the database, the facts are read again and the money lands where asked."""
+    from django.db import connection
+
+    def build(first: str, second: str) -> None:
+        clearing = hot_account()
+        for code in (first, second):
+            fund(AccountFactory(code=code), 1_000, source=clearing, key=f"fund:{code}")
+
+    build("user:a", "user:b")
+    transaction_post(idempotency_key="warm", kind="t", legs=[debit("user:a", usd(1)), credit("user:b", usd(1))])
+    tables = ["ledger_entry", "ledger_hold", "ledger_transaction", "ledger_balance", "ledger_account"]
+    with connection.cursor() as cursor:  # ids restart: user:b now gets user:a's old id, and the reverse
+        if connection.vendor == "postgresql":
+            cursor.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+        else:
+            for table in tables:
+                cursor.execute(f"DELETE FROM {table}")
+            cursor.execute("DELETE FROM sqlite_sequence")
+    build("user:b", "user:a")
+
+    transaction_post(idempotency_key="after", kind="t", legs=[debit("user:a", usd(300)), credit("user:b", usd(300))])
+
+    balances = {a.code: posted(a) for a in Account.objects.filter(code__in=["user:a", "user:b"])}
+    assert balances == {"user:a": 700, "user:b": 1_300}
