@@ -158,6 +158,11 @@ _LEDGER_POST_SQL = (
 )
 
 
+def _int_array(values: list[int]) -> str:
+    """A PostgreSQL array literal of integers: cheaper to send than a generic list."""
+    return "{" + ",".join(str(int(value)) for value in values) + "}"
+
+
 def _ledger_post_params(plan: WritePlan) -> list[Any]:
     row = plan.transaction
     keys = plan.sorted_keys()
@@ -172,21 +177,21 @@ def _ledger_post_params(plan: WritePlan) -> list[Any]:
         row and row.event_at,
         row and row.created_at,
         row and row.reverses_id,
-        [account_id for account_id, _ in keys],
-        [shard for _, shard in keys],
-        [change.posted for change in changes],
-        [change.pending_out for change in changes],
-        [change.pending_in for change in changes],
-        [change.entries for change in changes],
-        [position[entry.account_id, entry.shard] for entry in plan.entries],
-        [entry.amount_minor for entry in plan.entries],
+        _int_array([account_id for account_id, _ in keys]),
+        _int_array([shard for _, shard in keys]),
+        _int_array([change.posted for change in changes]),
+        _int_array([change.pending_out for change in changes]),
+        _int_array([change.pending_in for change in changes]),
+        _int_array([change.entries for change in changes]),
+        _int_array([position[entry.account_id, entry.shard] for entry in plan.entries]),
+        _int_array([entry.amount_minor for entry in plan.entries]),
         [entry.currency for entry in plan.entries],
-        [entry.delta for entry in plan.entries],
-        [account.id for account in plan.accounts],
+        _int_array([entry.delta for entry in plan.entries]),
+        _int_array([account.id for account in plan.accounts]),
         [account.code for account in plan.accounts],
         [account.currency for account in plan.accounts],
         [account.type for account in plan.accounts],
-        [account.shards for account in plan.accounts],
+        _int_array([account.shards for account in plan.accounts]),
     ]
 
 
