@@ -349,3 +349,28 @@ def test_remembered_account_facts_never_misdirect_a_posting():
 
     balances = {a.code: posted(a) for a in Account.objects.filter(code__in=["user:a", "user:b"])}
     assert balances == {"user:a": 700, "user:b": 1_300}
+
+
+def test_a_hold_that_fails_to_expire_does_not_stop_the_sweep(alice, bob, monkeypatch):
+    from core.errors import LedgerContention
+    from ledger import services
+
+    past = timezone.now() - timedelta(minutes=1)
+    holds = [
+        hold_create(
+            idempotency_key=f"due:{i}", debit_account_code=alice.code, credit_account_code=bob.code, amount=usd(100),
+            kind="escrow", expires_at=past,
+        )
+        for i in range(2)
+    ]  # fmt: skip
+    real_expire = services.hold_expire
+
+    def expire_failing_first(*, hold_id: int) -> Hold:
+        if hold_id == holds[0].pk:
+            raise LedgerContention("busy")
+        return real_expire(hold_id=hold_id)
+
+    monkeypatch.setattr(services, "hold_expire", expire_failing_first)
+    assert holds_expire_due() == 1
+    statuses = dict(Hold.objects.values_list("pk", "status"))
+    assert statuses == {holds[0].pk: Hold.Status.PENDING, holds[1].pk: Hold.Status.EXPIRED}
