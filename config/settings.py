@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "core",
     "ledger",
+    "providers",
     "monitoring",
 ]
 
@@ -157,7 +158,24 @@ LEDGER_MAX_RETRIES = env.int("LEDGER_MAX_RETRIES", default=5)
 # Accounts whose (immutable) facts each process remembers; see ledger.services.
 LEDGER_REMEMBERED_ACCOUNTS = env.int("LEDGER_REMEMBERED_ACCOUNTS", default=100_000)
 
+# --- Payment providers. PROVIDER_MODE=sandbox points every client at SANDBOX_URL.
 PROVIDER_MODE = env.str("PROVIDER_MODE", default="sandbox")
+SANDBOX_URL = env.str("SANDBOX_URL", default="http://127.0.0.1:8765")
+PROVIDER_TIMEOUT_SECONDS = env.float("PROVIDER_TIMEOUT_SECONDS", default=10.0)
+STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="sk_test_sandbox")
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="whsec_sandbox")
+STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="https://api.stripe.com")
+PAYPAL_CLIENT_ID = env.str("PAYPAL_CLIENT_ID", default="sandbox-client")
+PAYPAL_CLIENT_SECRET = env.str("PAYPAL_CLIENT_SECRET", default="sandbox-secret")
+PAYPAL_WEBHOOK_ID = env.str("PAYPAL_WEBHOOK_ID", default="WH-SANDBOX")
+PAYPAL_API_BASE = env.str("PAYPAL_API_BASE", default="https://api-m.sandbox.paypal.com")
+PAYMONGO_SECRET_KEY = env.str("PAYMONGO_SECRET_KEY", default="sk_test_paymongo_sandbox")
+PAYMONGO_WEBHOOK_SECRET = env.str("PAYMONGO_WEBHOOK_SECRET", default="whsk_paymongo_sandbox")
+PAYMONGO_API_BASE = env.str("PAYMONGO_API_BASE", default="https://api.paymongo.com")
+MAYA_PUBLIC_KEY = env.str("MAYA_PUBLIC_KEY", default="pk-maya-sandbox")
+MAYA_SECRET_KEY = env.str("MAYA_SECRET_KEY", default="sk-maya-sandbox")
+MAYA_WEBHOOK_SECRET = env.str("MAYA_WEBHOOK_SECRET", default="maya-webhook-sandbox")
+MAYA_API_BASE = env.str("MAYA_API_BASE", default="https://pg-sandbox.paymaya.com")
 
 LOGGING = {
     "version": 1,

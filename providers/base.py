@@ -1,0 +1,62 @@
+"""The provider boundary: results are data, not exceptions.
+
+Every call that may move money at a provider returns one of four results:
+- `Succeeded`: the provider did it;
+- `Declined`: known NOT done (refused, invalid, or never sent); safe to fall
+  back to another provider or to retry with the same key;
+- `Pending`: accepted, the outcome comes later (webhook or sync);
+- `Unknown`: we cannot tell (timeout, reset or 5xx after the request was
+  sent). Never retried under a new key and never treated as declined: a sync
+  asks the provider for the truth by our idempotency reference.
+Exceptions from a client are bugs; SDK and HTTP errors never leak past it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+
+@dataclass(frozen=True)
+class Succeeded:
+    reference: str  # the provider's id for the object (pi_..., batch id, ...)
+    status: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class Declined:
+    reason: str
+    code: str = ""
+    retryable: bool = False  # True when it was never sent or the provider asks to try again
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class Pending:
+    reference: str
+    status: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class Unknown:
+    reason: str
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+ProviderResult = Succeeded | Declined | Pending | Unknown
+
+
+def outcome_of_transport_error(error: httpx.TransportError) -> Declined | Unknown:
+    """A connection that never opened is known not sent; anything later is unknown."""
+    if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout):
+        return Declined(reason=f"provider unreachable: {error}", code="not_sent", retryable=True)
+    return Unknown(reason=f"{type(error).__name__}: {error}")
+
+
+def outcome_of_server_error(status: int, body: Any) -> Unknown:
+    """A 5xx after sending: the provider may or may not have applied the request."""
+    return Unknown(reason=f"provider answered {status}", raw=body if isinstance(body, dict) else {"body": body})

@@ -1,0 +1,1 @@
+"""A faithful, stateful stand-in for the providers' APIs; see server.py."""

@@ -1,0 +1,274 @@
+"""The provider sandbox: one stateful HTTP server speaking the subset of each
+provider's API that our clients use, over real HTTP.
+
+Tests start it in-process on a free port (`Sandbox().start()`); the demo runs
+it the same way. Each provider module registers its routes and keeps its own
+state behind the sandbox's lock. Around every route the sandbox counts calls
+(per operation name, e.g. `stripe.payment_intents.create`) and applies
+injected faults. Tests and the demo steer it through a small control API
+under `/_control/` (or the same methods in Python):
+
+    POST   /_control/faults     {"operation": "stripe.*", "kind": "...", "times": 1, ...}
+    DELETE /_control/faults
+    GET    /_control/calls      -> {"operation": count}
+    POST   /_control/webhooks   {"provider": "stripe", "url": "...", "drop": 0, "duplicate": 0, ...}
+    POST   /_control/tick       advance asynchronous work (e.g. payout items)
+
+Fault kinds: `latency` (delay, then answer), `error` (answer `status`, default
+503, without applying), `timeout` (hang without applying), `reset` (close
+without answering, without applying), `applied_then_timeout` (apply, then
+hang: the provider moved the money but the caller saw a timeout).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from providers.sandbox.webhooks import WebhookDispatcher
+
+HANG_SECONDS = 3.0  # longer than the clients' timeouts in tests and the demo
+
+
+@dataclass
+class SandboxRequest:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body or b"{}")
+
+    def form(self) -> dict[str, str]:
+        """Form fields (Stripe style); nested keys stay flat, e.g. `metadata[order]`."""
+        return {key: values[-1] for key, values in parse_qs(self.body.decode(), keep_blank_values=True).items()}
+
+    def header(self, name: str) -> str:
+        return self.headers.get(name.lower(), "")
+
+
+@dataclass
+class SandboxResponse:
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def encoded(self) -> bytes:
+        if self.body is None:
+            return b""
+        return self.body if isinstance(self.body, bytes) else json.dumps(self.body).encode()
+
+
+Handler = Callable[[SandboxRequest, "re.Match[str]"], SandboxResponse]
+
+
+@dataclass
+class Fault:
+    operation: str  # glob over operation names, e.g. "paypal.*"
+    kind: str
+    times: int | None = 1  # None: every matching call
+    latency_ms: int = 0
+    status: int = 503
+
+    KINDS = frozenset({"latency", "error", "timeout", "reset", "applied_then_timeout"})
+
+
+@dataclass
+class _Route:
+    method: str
+    pattern: re.Pattern[str]
+    operation: str
+    handler: Handler
+
+
+class _Hang(Exception):  # control flow inside the server, never raised to callers
+    """Answer nothing: keep the caller waiting, then drop the connection."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+
+class Sandbox:
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.calls: Counter[str] = Counter()
+        self.faults: list[Fault] = []
+        self.routes: list[_Route] = []
+        self.tickers: list[Callable[[], None]] = []  # advance asynchronous work
+        self.resetters: list[Callable[[], None]] = []  # forget provider state
+        self.webhooks = WebhookDispatcher()
+        self._server: ThreadingHTTPServer | None = None
+        self.url = ""
+        self._register_control_routes()
+        self._register_providers()
+
+    # --- wiring
+    def route(self, method: str, pattern: str, operation: str) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.routes.append(_Route(method, re.compile(f"^{pattern}$"), operation, handler))
+            return handler
+
+        return register
+
+    def _register_providers(self) -> None:
+        from providers.sandbox.registry import provider_modules
+
+        for module in provider_modules():
+            module.install(self)
+
+    # --- running
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self._server = ThreadingHTTPServer((host, port), _make_handler(self))
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="sandbox", daemon=True).start()
+        self.url = f"http://{host}:{self._server.server_address[1]}"
+        self.webhooks.start()
+        return self.url
+
+    def stop(self) -> None:
+        self.webhooks.stop()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    # --- faults and counting
+    def add_fault(self, fault: Fault) -> None:
+        if fault.kind not in Fault.KINDS:
+            raise ValueError(f"unknown fault kind {fault.kind!r}; one of {sorted(Fault.KINDS)}")
+        with self.lock:
+            self.faults.append(fault)
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self.faults.clear()
+
+    def _take_fault(self, operation: str) -> Fault | None:
+        with self.lock:
+            for fault in self.faults:
+                if fnmatch.fnmatchcase(operation, fault.operation):
+                    if fault.times is not None:
+                        fault.times -= 1
+                        if fault.times <= 0:
+                            self.faults.remove(fault)
+                    return fault
+        return None
+
+    def reset(self) -> None:
+        """Forget calls, faults, webhook settings and every provider's state."""
+        with self.lock:
+            self.calls.clear()
+            self.faults.clear()
+            for resetter in self.resetters:
+                resetter()
+        self.webhooks.reset()
+
+    def tick(self) -> None:
+        """Advance asynchronous work, e.g. payout items moving out of PENDING."""
+        for ticker in self.tickers:
+            ticker()
+
+    # --- dispatch
+    def dispatch(self, request: SandboxRequest) -> SandboxResponse:
+        for route in self.routes:
+            match = route.pattern.match(request.path)
+            if match and route.method == request.method:
+                return self._run(route, request, match)
+        return SandboxResponse(404, {"error": {"message": f"no sandbox route for {request.method} {request.path}"}})
+
+    def _run(self, route: _Route, request: SandboxRequest, match: re.Match[str]) -> SandboxResponse:
+        if not route.operation.startswith("_control"):
+            with self.lock:
+                self.calls[route.operation] += 1
+        fault = None if route.operation.startswith("_control") else self._take_fault(route.operation)
+        if fault is None:
+            return route.handler(request, match)
+        if fault.kind == "latency":
+            time.sleep(fault.latency_ms / 1000)
+            return route.handler(request, match)
+        if fault.kind == "error":
+            return SandboxResponse(fault.status, {"error": {"message": "injected fault", "type": "api_error"}})
+        if fault.kind == "timeout":
+            raise _Hang(HANG_SECONDS)
+        if fault.kind == "reset":
+            raise _Hang(0)
+        route.handler(request, match)  # applied_then_timeout
+        raise _Hang(HANG_SECONDS)
+
+    # --- control API
+    def _register_control_routes(self) -> None:
+        @self.route("POST", "/_control/faults", "_control.faults.add")
+        def add_fault(request: SandboxRequest, match: re.Match[str]) -> SandboxResponse:
+            try:
+                self.add_fault(Fault(**request.json()))
+            except (TypeError, ValueError) as error:
+                return SandboxResponse(400, {"error": str(error)})
+            return SandboxResponse(201, {"faults": len(self.faults)})
+
+        @self.route("DELETE", "/_control/faults", "_control.faults.clear")
+        def clear_faults(request: SandboxRequest, match: re.Match[str]) -> SandboxResponse:
+            self.clear_faults()
+            return SandboxResponse(200, {"faults": 0})
+
+        @self.route("GET", "/_control/calls", "_control.calls")
+        def calls(request: SandboxRequest, match: re.Match[str]) -> SandboxResponse:
+            with self.lock:
+                return SandboxResponse(200, dict(self.calls))
+
+        @self.route("POST", "/_control/webhooks", "_control.webhooks")
+        def configure_webhooks(request: SandboxRequest, match: re.Match[str]) -> SandboxResponse:
+            options = request.json()
+            self.webhooks.configure(options.pop("provider"), **options)
+            return SandboxResponse(200, {"ok": True})
+
+        @self.route("POST", "/_control/tick", "_control.tick")
+        def tick(request: SandboxRequest, match: re.Match[str]) -> SandboxResponse:
+            self.tick()
+            return SandboxResponse(200, {"ok": True})
+
+
+def _make_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
+    class SandboxHTTPHandler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+        def _serve(self) -> None:
+            parts = urlsplit(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            request = SandboxRequest(
+                method=self.command,
+                path=parts.path,
+                query=parse_qs(parts.query),
+                headers={name.lower(): value for name, value in self.headers.items()},
+                body=self.rfile.read(length) if length else b"",
+            )
+            try:
+                response = sandbox.dispatch(request)
+            except _Hang as hang:
+                time.sleep(hang.seconds)
+                self.close_connection = True
+                return
+            body = response.encoded()
+            self.send_response(response.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in response.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_DELETE = do_PATCH = _serve
+
+    return SandboxHTTPHandler
