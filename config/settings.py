@@ -105,6 +105,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": crontab(hour=2, minute=30),
     },
     "ledger-expire-holds": {"task": "ledger.expire_holds", "schedule": crontab()},  # every minute
+    "providers-sweep-webhook-events": {"task": "providers.sweep_webhook_events", "schedule": crontab(minute="*/5")},
     "core-purge-idempotency-keys": {
         "task": "core.purge_idempotency_keys",
         "schedule": crontab(minute=15),

@@ -1,6 +1,11 @@
 import pytest
+from django.core.servers.basehttp import ThreadedWSGIServer
 
 from ledger.services import forget_account_facts
+
+# Django's live test server listens with socketserver's backlog of 5; concurrency
+# tests open bursts of 50 connections.
+ThreadedWSGIServer.request_queue_size = 128
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,184 @@
+"""Webhook intake: verify the signature, store the raw event, answer fast, process later.
+
+Each provider registers a verifier (raw body + headers -> event id and type,
+or InvalidSignature) and handlers per event type. Receiving is idempotent:
+one row per (provider, event id); only the request that stored it enqueues
+processing. Processing claims the row with a conditional update, so
+concurrent copies, redeliveries and the sweeper apply an event once; the
+handlers themselves apply only forward state changes, so order does not matter.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from core.errors import AppError, InvalidRequest, InvalidStateTransition, NotFound
+from core.permissions import require_permission
+from core.services import audit_record
+from providers.models import WebhookEvent
+
+log = structlog.get_logger(__name__)
+
+STUCK_AFTER = timedelta(minutes=10)
+
+
+class InvalidSignature(Exception):
+    """The request is not what the provider sent."""
+
+
+class InvalidWebhookSignature(InvalidRequest):
+    code = "invalid_signature"
+    default_user_message = "The webhook signature is not valid."
+    default_action_required = "Nothing was recorded. Check the webhook secret configured for this provider."
+
+
+@dataclass(frozen=True)
+class VerifiedEvent:
+    event_id: str
+    event_type: str
+
+
+Verifier = Callable[[bytes, Mapping[str, str]], VerifiedEvent]
+Handler = Callable[[WebhookEvent, dict[str, Any]], None]
+
+_verifiers: dict[str, Verifier] = {}
+_handlers: dict[tuple[str, str], Handler] = {}
+
+
+def register_verifier(provider: str, verifier: Verifier) -> None:
+    _verifiers[provider] = verifier
+
+
+def register_handler(provider: str, event_type: str, handler: Handler) -> None:
+    _handlers[provider, event_type] = handler
+
+
+def webhook_receive(*, provider: str, body: bytes, headers: Mapping[str, str]) -> tuple[WebhookEvent, bool]:
+    """Store a verified event once; returns (event, newly stored). Raises InvalidWebhookSignature."""
+    verifier = _verifiers.get(provider)
+    if verifier is None:
+        raise NotFound(f"no webhook endpoint for provider {provider!r}", details={"provider": provider})
+    stored_headers = {name.lower(): value for name, value in headers.items()}
+    text = body.decode("utf-8", errors="replace")
+    try:
+        verified = verifier(body, headers)
+    except InvalidSignature as error:
+        WebhookEvent.objects.create(
+            provider=provider,
+            event_id=_claimed_event_id(text),
+            signature_valid=False,
+            headers=stored_headers,
+            body=text,
+            status=WebhookEvent.Status.REJECTED,
+            error=str(error),
+        )
+        log.warning("webhook.rejected", provider=provider, reason=str(error))
+        raise InvalidWebhookSignature(f"{provider} webhook signature rejected: {error}") from error
+    return _store_verified(provider, verified, stored_headers, text)
+
+
+def _claimed_event_id(text: str) -> str:
+    """The id an unverified body claims, for staff to read; never trusted."""
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        return ""
+    return str(payload.get("id", ""))[:255] if isinstance(payload, dict) else ""
+
+
+def _store_verified(
+    provider: str, verified: VerifiedEvent, headers: dict[str, str], text: str
+) -> tuple[WebhookEvent, bool]:
+    try:
+        with transaction.atomic():
+            event = WebhookEvent.objects.create(
+                provider=provider,
+                event_id=verified.event_id,
+                event_type=verified.event_type,
+                signature_valid=True,
+                headers=headers,
+                body=text,
+            )
+            transaction.on_commit(lambda: _enqueue(event.pk))
+    except IntegrityError:
+        duplicate = WebhookEvent.objects.get(provider=provider, event_id=verified.event_id, signature_valid=True)
+        return duplicate, False
+    return event, True
+
+
+def _enqueue(event_pk: int) -> None:
+    from providers.tasks import process_webhook_event_task
+
+    process_webhook_event_task.delay(event_pk)
+
+
+def webhook_process(*, event_pk: int) -> WebhookEvent:
+    """Run the handler for a stored event once; a concurrent or repeated call does nothing."""
+    claimed = WebhookEvent.objects.filter(
+        pk=event_pk, status__in=[WebhookEvent.Status.RECEIVED, WebhookEvent.Status.FAILED], signature_valid=True
+    ).update(status=WebhookEvent.Status.PROCESSING, attempts=F("attempts") + 1, updated_at=timezone.now())
+    event = WebhookEvent.objects.get(pk=event_pk)
+    if not claimed:
+        return event
+    handler = _handlers.get((event.provider, event.event_type))
+    if handler is None:
+        return _finish(event, WebhookEvent.Status.IGNORED)
+    try:
+        with transaction.atomic():
+            handler(event, json.loads(event.body))
+    except (AppError, ValueError, KeyError) as error:
+        log.error("webhook.failed", provider=event.provider, event_id=event.event_id, error=repr(error))
+        return _finish(event, WebhookEvent.Status.FAILED, error=repr(error))
+    return _finish(event, WebhookEvent.Status.PROCESSED)
+
+
+def _finish(event: WebhookEvent, status: str, error: str = "") -> WebhookEvent:
+    event.status, event.error, event.processed_at = status, error, timezone.now()
+    event.save(update_fields=["status", "error", "processed_at", "updated_at"])
+    return event
+
+
+def webhook_reprocess(*, event_pk: int, actor: AbstractBaseUser) -> WebhookEvent:
+    """Staff: run a failed or ignored event again (handlers are idempotent)."""
+    require_permission(actor, "providers.reprocess_webhookevent")
+    reopened = WebhookEvent.objects.filter(
+        pk=event_pk, signature_valid=True, status__in=[WebhookEvent.Status.FAILED, WebhookEvent.Status.IGNORED]
+    ).update(status=WebhookEvent.Status.RECEIVED, updated_at=timezone.now())
+    event = WebhookEvent.objects.filter(pk=event_pk).first()
+    if event is None:
+        raise NotFound(f"webhook event {event_pk} does not exist", details={"event_id": event_pk})
+    if not reopened:
+        raise InvalidStateTransition(
+            f"webhook event {event_pk} is {event.status}",
+            user_message=f"Only failed or ignored events can be reprocessed; this one is {event.status}.",
+            action_required="Reload the event to see its current status.",
+            details={"event_id": event_pk, "status": event.status},
+        )
+    audit_record(actor=actor, action="providers.webhook.reprocess", obj=event)
+    return webhook_process(event_pk=event_pk)
+
+
+def webhook_events_sweep() -> int:
+    """Re-enqueue events whose task was lost: received but never claimed, or stuck processing."""
+    now = timezone.now()
+    stuck = WebhookEvent.objects.filter(status=WebhookEvent.Status.PROCESSING, updated_at__lt=now - STUCK_AFTER).update(
+        status=WebhookEvent.Status.RECEIVED, updated_at=now
+    )
+    waiting = list(
+        WebhookEvent.objects.filter(
+            status=WebhookEvent.Status.RECEIVED, signature_valid=True, updated_at__lt=now - timedelta(minutes=1)
+        ).values_list("pk", flat=True)[:1000]
+    )
+    for event_pk in waiting:
+        _enqueue(event_pk)
+    return stuck + len(waiting)
