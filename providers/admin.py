@@ -1,10 +1,14 @@
+from typing import Any
+
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils import timezone
 
 from core.admin import ReadOnlyAdmin
 from core.errors import AppError
-from providers.models import WebhookEvent
+from core.services import audit_record
+from providers.models import FeeRule, PaymentMethod, WebhookEvent
 from providers.webhooks import webhook_reprocess
 
 
@@ -30,3 +34,40 @@ class WebhookEventAdmin(ReadOnlyAdmin):
                 )
                 continue
             self.message_user(request, f"Event {event.pk} reprocessed: {result.status}.", messages.SUCCESS)
+
+
+class AuditedConfigAdmin(admin.ModelAdmin):
+    """Configuration staff may edit; every change is written to the audit log."""
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        before = {name: form.initial.get(name) for name in form.changed_data} if change else None
+        super().save_model(request, obj, form, change)
+        after = {name: form.cleaned_data.get(name) for name in form.changed_data}
+        action = f"{obj._meta.label_lower}.{'change' if change else 'add'}"
+        audit_record(actor=request.user, action=action, obj=obj, before=_plain(before), after=_plain(after))
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # disable instead; rules that priced past payments stay on record
+
+
+def _plain(values: dict[str, Any] | None) -> dict[str, str] | None:
+    return None if values is None else {name: str(value) for name, value in values.items()}
+
+
+@admin.register(PaymentMethod)
+class PaymentMethodAdmin(AuditedConfigAdmin):
+    list_display = ("provider", "method", "currency", "min_minor", "max_minor", "priority", "enabled")
+    list_filter = ("provider", "currency", "enabled")
+
+
+@admin.register(FeeRule)
+class FeeRuleAdmin(AuditedConfigAdmin):
+    list_display = ("provider", "method", "currency", "percent_bps", "fixed_minor", "platform_percent_bps",
+                    "platform_fixed_minor", "effective_from")  # fmt: skip
+    list_filter = ("provider", "currency")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        # A rule that already took effect priced real payments: add a new rule instead of editing it.
+        if obj is not None and obj.effective_from <= timezone.now():
+            return tuple(field.name for field in obj._meta.fields)
+        return ()

@@ -1,5 +1,5 @@
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 
 from core.models import TimestampedModel
 
@@ -43,3 +43,70 @@ class WebhookEvent(TimestampedModel):
 
     def __str__(self) -> str:
         return f"{self.provider} {self.event_type or '?'} {self.event_id}"
+
+
+class Provider(models.TextChoices):
+    STRIPE = "stripe"
+    PAYPAL = "paypal"
+    MAYA = "maya"
+    GCASH = "gcash"
+
+
+class PaymentMethod(TimestampedModel):
+    """A way to pay through a provider in one currency, with its limits and routing priority."""
+
+    provider = models.CharField(max_length=20, choices=Provider.choices)
+    method = models.CharField(max_length=30, help_text="e.g. card, paypal, maya_wallet, gcash")
+    currency = models.CharField(max_length=3)
+    min_minor = models.BigIntegerField(default=1)
+    max_minor = models.BigIntegerField(help_text="Largest single payment, in minor units.")
+    priority = models.PositiveSmallIntegerField(default=100, help_text="Lower is tried first.")
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["priority", "provider", "method"]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "method", "currency"], name="payment_method_unique"),
+            models.CheckConstraint(
+                condition=Q(min_minor__gte=1) & Q(max_minor__gte=F("min_minor")), name="method_limits_sane"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider}/{self.method} {self.currency}"
+
+
+class FeeRule(TimestampedModel):
+    """What a provider charges, and what the platform adds, from a date on.
+
+    Percentages are basis points (250 = 2.50%); fixed parts are minor units of
+    the rule's currency. The rule in force at a moment is the one with the
+    latest `effective_from` not after it.
+    """
+
+    provider = models.CharField(max_length=20, choices=Provider.choices)
+    method = models.CharField(max_length=30)
+    currency = models.CharField(max_length=3)
+    percent_bps = models.PositiveIntegerField()
+    fixed_minor = models.BigIntegerField(default=0)
+    platform_percent_bps = models.PositiveIntegerField(default=0)
+    platform_fixed_minor = models.BigIntegerField(default=0)
+    effective_from = models.DateTimeField()
+
+    class Meta:
+        ordering = ["provider", "method", "currency", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider", "method", "currency", "effective_from"], name="fee_rule_unique_start"
+            ),
+            models.CheckConstraint(
+                condition=Q(percent_bps__lte=10_000)
+                & Q(platform_percent_bps__lte=10_000)
+                & Q(fixed_minor__gte=0)
+                & Q(platform_fixed_minor__gte=0),
+                name="fee_rule_sane",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider}/{self.method} {self.currency} from {self.effective_from:%Y-%m-%d}"
