@@ -50,9 +50,13 @@ class Unknown:
 ProviderResult = Succeeded | Declined | Pending | Unknown
 
 
+class InvalidSignature(Exception):
+    """A webhook that is not what the provider sent: bad, missing or stale signature."""
+
+
 def outcome_of_transport_error(error: httpx.TransportError) -> Declined | Unknown:
     """A connection that never opened is known not sent; anything later is unknown."""
-    if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout):
+    if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
         return Declined(reason=f"provider unreachable: {error}", code="not_sent", retryable=True)
     return Unknown(reason=f"{type(error).__name__}: {error}")
 

@@ -25,15 +25,12 @@ from django.utils import timezone
 from core.errors import AppError, InvalidRequest, InvalidStateTransition, NotFound
 from core.permissions import require_permission
 from core.services import audit_record
+from providers.base import InvalidSignature
 from providers.models import WebhookEvent
 
 log = structlog.get_logger(__name__)
 
 STUCK_AFTER = timedelta(minutes=10)
-
-
-class InvalidSignature(Exception):
-    """The request is not what the provider sent."""
 
 
 class InvalidWebhookSignature(InvalidRequest):

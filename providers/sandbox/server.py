@@ -34,7 +34,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import structlog
+
 from providers.sandbox.webhooks import WebhookDispatcher
+
+log = structlog.get_logger(__name__)
 
 HANG_SECONDS = 3.0  # longer than the clients' timeouts in tests and the demo
 
@@ -260,11 +264,19 @@ def _make_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
                 time.sleep(hang.seconds)
                 self.close_connection = True
                 return
+            except Exception as error:  # a sandbox bug: say so, never look like a lost connection
+                log.exception("sandbox.handler_failed", path=request.path)
+                response = SandboxResponse(500, {"error": {"message": f"sandbox bug: {error!r}", "type": "api_error"}})
+            try:
+                self._answer(response)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the caller gave up waiting, as callers do
+
+        def _answer(self, response: SandboxResponse) -> None:
             body = response.encoded()
+            headers = {"Content-Type": "application/json", **response.headers, "Content-Length": str(len(body))}
             self.send_response(response.status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            for name, value in response.headers.items():
+            for name, value in headers.items():
                 self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)

@@ -99,7 +99,10 @@ class WebhookDispatcher:
             self._queue.task_done()
 
     def _deliver(self, client: httpx.Client, delivery: Delivery) -> None:
-        config = self.settings[delivery.provider]
+        with self._lock:
+            config = self.settings.get(delivery.provider)
+        if config is None:
+            return  # reset while queued: nobody listens any more
         time.sleep(config.delay_ms / 1000)
         try:
             response = client.post(config.url, content=delivery.body, headers=delivery.headers)
