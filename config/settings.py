@@ -168,7 +168,7 @@ STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="whsec_sandbox"
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="https://api.stripe.com")
 PAYPAL_CLIENT_ID = env.str("PAYPAL_CLIENT_ID", default="sandbox-client")
 PAYPAL_CLIENT_SECRET = env.str("PAYPAL_CLIENT_SECRET", default="sandbox-secret")
-PAYPAL_WEBHOOK_ID = env.str("PAYPAL_WEBHOOK_ID", default="WH-SANDBOX")
+PAYPAL_WEBHOOK_ID = env.str("PAYPAL_WEBHOOK_ID", default="WHSANDBOX")  # the spec allows [a-zA-Z0-9]+
 PAYPAL_API_BASE = env.str("PAYPAL_API_BASE", default="https://api-m.sandbox.paypal.com")
 PAYMONGO_SECRET_KEY = env.str("PAYMONGO_SECRET_KEY", default="sk_test_paymongo_sandbox")
 PAYMONGO_WEBHOOK_SECRET = env.str("PAYMONGO_WEBHOOK_SECRET", default="whsk_paymongo_sandbox")
@@ -185,3 +185,26 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
 }
+
+# --- Circuit breakers and availability (providers.breaker, providers.availability, providers.retry).
+# With REDIS_URL set, breaker state and availability figures live in Redis and every process shares
+# them; without it (the embedded demo) each process keeps its own in memory.
+PROVIDER_STATE_KEY_PREFIX = env.str("PROVIDER_STATE_KEY_PREFIX", default="bo:providers")
+PROVIDER_BREAKER_DEFAULTS = {
+    "failure_threshold": env.int("PROVIDER_BREAKER_FAILURE_THRESHOLD", default=5),
+    "success_threshold": env.int("PROVIDER_BREAKER_SUCCESS_THRESHOLD", default=2),
+    "half_open_max_calls": env.int("PROVIDER_BREAKER_HALF_OPEN_MAX_CALLS", default=1),
+    "base_backoff_seconds": env.float("PROVIDER_BREAKER_BASE_BACKOFF_SECONDS", default=30.0),
+    "max_backoff_seconds": env.float("PROVIDER_BREAKER_MAX_BACKOFF_SECONDS", default=600.0),
+    "jitter": env.float("PROVIDER_BREAKER_JITTER", default=0.2),
+    # A half-open trial that never reports gives its slot back after this; keep it above PROVIDER_TIMEOUT_SECONDS.
+    "trial_timeout_seconds": env.float("PROVIDER_BREAKER_TRIAL_TIMEOUT_SECONDS", default=60.0),
+}
+# Per-provider overrides of the defaults above, e.g. {"paypal": {"failure_threshold": 3}}.
+PROVIDER_BREAKERS: dict[str, dict[str, float]] = {}
+PROVIDER_AVAILABILITY_WINDOW_SECONDS = env.int("PROVIDER_AVAILABILITY_WINDOW_SECONDS", default=300)
+PROVIDER_AVAILABILITY_BUCKET_SECONDS = env.int("PROVIDER_AVAILABILITY_BUCKET_SECONDS", default=1)
+# Retries of calls that are safe to repeat (same idempotency key); waits use full jitter.
+PROVIDER_RETRY_ATTEMPTS = env.int("PROVIDER_RETRY_ATTEMPTS", default=3)
+PROVIDER_RETRY_BASE_DELAY_SECONDS = env.float("PROVIDER_RETRY_BASE_DELAY_SECONDS", default=0.5)
+PROVIDER_RETRY_MAX_DELAY_SECONDS = env.float("PROVIDER_RETRY_MAX_DELAY_SECONDS", default=5.0)
