@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
 
@@ -110,3 +111,34 @@ class FeeRule(TimestampedModel):
 
     def __str__(self) -> str:
         return f"{self.provider}/{self.method} {self.currency} from {self.effective_from:%Y-%m-%d}"
+
+
+class CustomerDefaultMethod(TimestampedModel):
+    """The payment method a customer picked as their default."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="default_method")
+    provider = models.CharField(max_length=20, choices=Provider.choices)
+    method = models.CharField(max_length=30)
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: {self.provider}/{self.method}"
+
+
+class RoutingDecision(models.Model):
+    """Why a payment went where it went: every candidate considered, in order, and every skip with its reason."""
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    amount_minor = models.BigIntegerField()
+    currency = models.CharField(max_length=3)
+    source = models.CharField(max_length=20, help_text="explicit, preference, default, priority or lowest_fee")
+    candidates = models.JSONField(default=list)
+    skipped = models.JSONField(default=list)
+    reference = models.CharField(max_length=100, blank=True, db_index=True, help_text="The payment it routed.")
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        first = self.candidates[0]["provider"] if self.candidates else "nothing"
+        return f"{self.amount_minor} {self.currency} -> {first}"
