@@ -4,3 +4,8 @@ from django.apps import AppConfig
 class ProvidersConfig(AppConfig):
     name = "providers"
     verbose_name = "Payment providers"
+
+    def ready(self) -> None:
+        from providers.verifiers import register_verifiers
+
+        register_verifiers()
