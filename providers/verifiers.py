@@ -10,6 +10,7 @@ from providers.base import InvalidSignature
 from providers.gcash.client import PayMongoClient
 from providers.maya.client import MayaClient
 from providers.paypal.client import PayPalClient
+from providers.stripe.client import verify_webhook as verify_stripe_signature
 from providers.webhooks import VerifiedEvent, register_verifier
 
 
@@ -32,7 +33,14 @@ def verify_paypal(body: bytes, headers: Mapping[str, str]) -> VerifiedEvent:
     return VerifiedEvent(event_id=str(event["id"]), event_type=str(event["event_type"]))
 
 
+def verify_stripe(body: bytes, headers: Mapping[str, str]) -> VerifiedEvent:
+    signature = next((value for name, value in headers.items() if name.lower() == "stripe-signature"), "")
+    event = verify_stripe_signature(body, signature)
+    return VerifiedEvent(event_id=str(event["id"]), event_type=str(event["type"]))
+
+
 def register_verifiers() -> None:
+    register_verifier("stripe", verify_stripe)
     register_verifier("gcash", verify_gcash)
     register_verifier("maya", verify_maya)
     register_verifier("paypal", verify_paypal)

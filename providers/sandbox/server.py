@@ -35,12 +35,16 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
+from django.conf import settings
 
 from providers.sandbox.webhooks import WebhookDispatcher
 
 log = structlog.get_logger(__name__)
 
-HANG_SECONDS = 3.0  # longer than the clients' timeouts in tests and the demo
+
+def hang_seconds() -> float:
+    """How long a hanging answer keeps the caller waiting: past the clients' timeout."""
+    return max(3.0, settings.PROVIDER_TIMEOUT_SECONDS + 1.0)
 
 
 @dataclass
@@ -203,11 +207,11 @@ class Sandbox:
         if fault.kind == "error":
             return SandboxResponse(fault.status, {"error": {"message": "injected fault", "type": "api_error"}})
         if fault.kind == "timeout":
-            raise _Hang(HANG_SECONDS)
+            raise _Hang(hang_seconds())
         if fault.kind == "reset":
             raise _Hang(0)
         route.handler(request, match)  # applied_then_timeout
-        raise _Hang(HANG_SECONDS)
+        raise _Hang(hang_seconds())
 
     # --- control API
     def _register_control_routes(self) -> None:

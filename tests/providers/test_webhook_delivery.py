@@ -4,7 +4,7 @@ the intake verifies them with the provider's own scheme and stores each event on
 import httpx
 import pytest
 
-from providers.base import Pending
+from providers.base import Pending, Succeeded
 from providers.gcash.client import PayMongoClient
 from providers.maya.client import MayaClient
 from providers.models import WebhookEvent
@@ -76,3 +76,19 @@ def test_a_forged_webhook_is_rejected_with_400(sandbox, live_server):
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_signature"
     assert stored("gcash") == [("", False, "rejected")]
+
+
+def test_stripe_events_arrive_verified(sandbox, live_server):
+    from providers.stripe.client import StripeProviderClient
+
+    deliver_to(sandbox, live_server, "stripe", "stripe")
+    client = StripeProviderClient()
+    try:
+        created = client.create_payment_intent(
+            amount_minor=5_000, currency="usd", payment_method="pm_card_visa", idempotency_key="order-3:hold"
+        )
+    finally:
+        client.close()
+    assert isinstance(created, Succeeded) and created.status == "requires_capture", created  # the hold is in place
+    sandbox.webhooks.wait_idle()
+    assert ("payment_intent.amount_capturable_updated", True, "ignored") in stored("stripe")

@@ -1,0 +1,738 @@
+"""Stripe in the sandbox: the part of the v1 API our client uses, under `/stripe/v1/...`.
+
+Kept as Stripe does it:
+- secret-key auth (`Authorization: Bearer sk_...`), 401 otherwise;
+- `Idempotency-Key` per API key: the first answer (errors included) is stored and replayed with
+  `Idempotent-Replayed: true`; the same key with other parameters gets 400 `idempotency_error`; while the
+  first request is still running, 409. Parameter validation errors are not stored (Stripe stores a result
+  only once the endpoint began executing). Keys are forgotten after `idempotency_window_seconds` (24 h);
+- test payment methods: `pm_card_visa` succeeds, `pm_card_chargeDeclined...` answer 402 `card_error`
+  and leave the PaymentIntent in `requires_payment_method` with a failed charge;
+- PaymentIntent statuses requires_payment_method / requires_confirmation -> requires_capture (manual) or
+  succeeded (automatic); requires_capture -> succeeded (capture, full or partial) or canceled;
+- refunds never exceed the captured amount, transfer reversals never exceed the transfer;
+- events (`evt_...`) POSTed to the URL configured for provider "stripe", signed
+  `Stripe-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "{t}.{body}">` with settings.STRIPE_WEBHOOK_SECRET.
+
+Simplifications: no minimum amounts per currency, no platform balance, no `expand`, and a charge's
+`amount_refunded` counts refunds only (Stripe also counts the part a partial capture released).
+Tests reach the state through `state_of(sandbox)`; `processing_delay_seconds` keeps a request (and its
+idempotency key) in flight for a while, so a concurrent request with the same key can be exercised.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import string
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+from urllib.parse import parse_qsl
+
+from django.conf import settings
+
+from providers.sandbox.server import Handler, Sandbox, SandboxRequest, SandboxResponse
+
+Obj = dict[str, Any]
+API_VERSION = "2026-10-28.endive"  # when the request names none
+IDEMPOTENCY_WINDOW_SECONDS = 24 * 3600
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+CANCELABLE = ("requires_payment_method", "requires_capture", "requires_confirmation", "requires_action", "processing")
+PAYMENT_INTENT_PARAMS = (
+    "amount",
+    "currency",
+    "capture_method",
+    "confirm",
+    "payment_method",
+    "payment_method_types",
+    "metadata",
+    "transfer_group",
+    "description",
+)
+_ID_ALPHABET = string.ascii_letters + string.digits
+_SECRET_KEY = re.compile(r"^(sk|rk)_(test|live)_\w+$")
+
+
+@dataclass(frozen=True)
+class SandboxCard:
+    brand: str
+    last4: str
+    code: str = ""  # set when the issuer refuses: card_declined, expired_card, ...
+    decline_code: str = ""
+    message: str = ""
+
+    @property
+    def declined(self) -> bool:
+        return bool(self.code)
+
+
+_DECLINED = "Your card was declined."
+TEST_PAYMENT_METHODS: dict[str, SandboxCard] = {
+    "pm_card_visa": SandboxCard("visa", "4242"),
+    "pm_card_mastercard": SandboxCard("mastercard", "4444"),
+    "pm_card_amex": SandboxCard("amex", "8431"),
+    "pm_card_chargeDeclined": SandboxCard("visa", "0002", "card_declined", "generic_decline", _DECLINED),
+    "pm_card_chargeDeclinedInsufficientFunds": SandboxCard(
+        "visa", "9995", "card_declined", "insufficient_funds", "Your card has insufficient funds."
+    ),
+    "pm_card_chargeDeclinedFraudulent": SandboxCard("visa", "0019", "card_declined", "fraudulent", _DECLINED),
+    "pm_card_chargeDeclinedExpiredCard": SandboxCard("visa", "0069", "expired_card", "", "Your card has expired."),
+    "pm_card_chargeDeclinedProcessingError": SandboxCard(
+        "visa",
+        "0119",
+        "processing_error",
+        "",
+        "An error occurred while processing your card. Try again in a little bit.",
+    ),
+}
+
+
+@dataclass
+class IdempotencyRecord:
+    fingerprint: tuple[str, str, tuple[tuple[str, str], ...]]
+    started_at: float
+    response: SandboxResponse | None = None  # None while the first request is running
+
+
+@dataclass
+class StripeState:
+    payment_intents: dict[str, Obj] = field(default_factory=dict)
+    charges: dict[str, Obj] = field(default_factory=dict)
+    refunds: dict[str, Obj] = field(default_factory=dict)
+    transfers: dict[str, Obj] = field(default_factory=dict)
+    reversals: dict[str, Obj] = field(default_factory=dict)
+    payment_methods: dict[str, SandboxCard] = field(default_factory=dict)
+    idempotency: dict[tuple[str, str], IdempotencyRecord] = field(default_factory=dict)
+    events: list[Obj] = field(default_factory=list)  # every event, delivered or not
+    processing_delay_seconds: float = 0.0
+    idempotency_window_seconds: float = IDEMPOTENCY_WINDOW_SECONDS
+
+    def reset(self) -> None:
+        for table in (self.payment_intents, self.charges, self.refunds, self.transfers, self.reversals):
+            table.clear()
+        self.payment_methods.clear()
+        self.idempotency.clear()
+        self.events.clear()
+        self.processing_delay_seconds = 0.0
+        self.idempotency_window_seconds = IDEMPOTENCY_WINDOW_SECONDS
+
+
+class Refusal(Exception):
+    """An error answer shaped like Stripe's; `stored` says whether the idempotency layer keeps it."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        code: str = "",
+        param: str = "",
+        stored: bool = True,
+        **extra: Any,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.stored = status, stored
+        self.error: Obj = {"type": type_, "message": message}
+        if code:
+            self.error.update(code=code, doc_url=f"https://stripe.com/docs/error-codes/{code.replace('_', '-')}")
+        if param:
+            self.error["param"] = param
+        self.error.update(extra)
+
+    def response(self) -> SandboxResponse:
+        return SandboxResponse(self.status, {"error": copy.deepcopy(self.error)})
+
+
+@dataclass
+class Call:
+    params: dict[str, str]
+    object_id: str
+    request_id: str
+    idempotency_key: str
+    api_version: str
+    events: list[tuple[str, Obj]] = field(default_factory=list)
+
+    def emit(self, event_type: str, obj: Obj) -> None:
+        self.events.append((event_type, copy.deepcopy(obj)))
+
+
+Action = Callable[[Call], Obj]
+
+
+def install(sandbox: Sandbox) -> None:
+    state = StripeState()
+    sandbox.stripe = state  # type: ignore[attr-defined]
+    sandbox.resetters.append(state.reset)
+    api = StripeApi(sandbox, state)
+    for method, pattern, operation, action in api.routes():
+        sandbox.route(method, f"/stripe/v1/{pattern}", f"stripe.{operation}")(api.endpoint(action, method))
+
+
+def state_of(sandbox: Sandbox) -> StripeState:
+    state: StripeState = sandbox.stripe  # type: ignore[attr-defined]
+    return state
+
+
+def stripe_signature(body: bytes, secret: str, timestamp: int) -> str:
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{''.join(secrets.choice(_ID_ALPHABET) for _ in range(24))}"
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+# --- parameters (form fields; nested keys stay flat, e.g. `metadata[order]`)
+def _allow(params: dict[str, str], names: Iterable[str]) -> None:
+    allowed = set(names)
+    for key in params:
+        if key.split("[", 1)[0] not in allowed:
+            raise Refusal(400, f"Received unknown parameter: {key}", code="parameter_unknown", param=key, stored=False)
+
+
+def _integer(params: dict[str, str], name: str, *, default: int | None = None, minimum: int = 1) -> int:
+    raw = params.get(name)
+    if raw is None:
+        if default is None:
+            raise Refusal(400, f"Missing required param: {name}.", code="parameter_missing", param=name, stored=False)
+        return default
+    if not re.fullmatch(r"-?\d+", raw):
+        raise Refusal(400, f"Invalid integer: {raw}", code="parameter_invalid_integer", param=name, stored=False)
+    if int(raw) < minimum:
+        message = f"This value must be greater than or equal to {minimum}."
+        raise Refusal(400, message, code="parameter_invalid_integer", param=name, stored=False)
+    return int(raw)
+
+
+def _required(params: dict[str, str], name: str) -> str:
+    value = params.get(name, "")
+    if not value:
+        raise Refusal(400, f"Missing required param: {name}.", code="parameter_missing", param=name, stored=False)
+    return value
+
+
+def _currency(params: dict[str, str]) -> str:
+    currency = _required(params, "currency")
+    if not re.fullmatch(r"[A-Za-z]{3}", currency):
+        raise Refusal(
+            400, f"Invalid currency: {currency}.", code="parameter_invalid_string", param="currency", stored=False
+        )
+    return currency.lower()
+
+
+def _choice(params: dict[str, str], name: str, choices: Iterable[str], default: str | None) -> str | None:
+    value = params.get(name, default)
+    options = sorted(choices)
+    if value is not None and value not in options:
+        message = f"Invalid {name}: must be one of {', '.join(options)}"
+        raise Refusal(400, message, code="parameter_invalid_string", param=name, stored=False)
+    return value
+
+
+def _boolean(params: dict[str, str], name: str) -> bool:
+    value = params.get(name, "false")
+    if value not in ("true", "false"):
+        raise Refusal(400, f"Invalid boolean: {value}", code="parameter_invalid_boolean", param=name, stored=False)
+    return value == "true"
+
+
+def _metadata(params: dict[str, str]) -> dict[str, str]:
+    found = (re.fullmatch(r"metadata\[(.+)\]", key) for key in params)
+    return {match[1]: params[match[0]] for match in found if match and params[match[0]] != ""}
+
+
+def _list(name: str, object_id: str, kind: str) -> Obj:
+    return {"object": "list", "data": [], "has_more": False, "total_count": 0, "url": f"/v1/{kind}/{object_id}/{name}"}
+
+
+# --- object shapes (after shared/specs/stripe/fixtures3.json)
+def _payment_intent(call: Call, amount: int, currency: str, capture_method: str, payment_method: str | None) -> Obj:
+    intent_id = new_id("pi")
+    params = call.params
+    return {
+        "id": intent_id,
+        "object": "payment_intent",
+        "amount": amount,
+        "amount_capturable": 0,
+        "amount_details": {"tip": {}},
+        "amount_received": 0,
+        "application": None,
+        "application_fee_amount": None,
+        "automatic_payment_methods": None,
+        "canceled_at": None,
+        "cancellation_reason": None,
+        "capture_method": capture_method,
+        "client_secret": f"{intent_id}_secret_{secrets.token_hex(12)}",
+        "confirmation_method": "automatic",
+        "created": _now(),
+        "currency": currency,
+        "customer": None,
+        "description": params.get("description"),
+        "last_payment_error": None,
+        "latest_charge": None,
+        "livemode": False,
+        "metadata": _metadata(params),
+        "next_action": None,
+        "on_behalf_of": None,
+        "payment_method": payment_method,
+        "payment_method_options": {},
+        "payment_method_types": ["card"],
+        "processing": None,
+        "receipt_email": None,
+        "review": None,
+        "setup_future_usage": None,
+        "shipping": None,
+        "source": None,
+        "statement_descriptor": None,
+        "statement_descriptor_suffix": None,
+        "status": "requires_confirmation" if payment_method else "requires_payment_method",
+        "transfer_data": None,
+        "transfer_group": params.get("transfer_group"),
+    }
+
+
+def _charge(intent: Obj, card: SandboxCard) -> Obj:
+    charge_id = new_id("ch")
+    return {
+        "id": charge_id,
+        "object": "charge",
+        "amount": intent["amount"],
+        "amount_captured": 0,
+        "amount_refunded": 0,
+        "application": None,
+        "application_fee": None,
+        "application_fee_amount": None,
+        "balance_transaction": None,
+        "billing_details": {"address": None, "email": None, "name": None, "phone": None},
+        "captured": False,
+        "created": _now(),
+        "currency": intent["currency"],
+        "customer": None,
+        "description": intent["description"],
+        "disputed": False,
+        "failure_code": None,
+        "failure_message": None,
+        "livemode": False,
+        "metadata": dict(intent["metadata"]),
+        "outcome": _outcome(card),
+        "paid": not card.declined,
+        "payment_intent": intent["id"],
+        "payment_method": intent["payment_method"],
+        "payment_method_details": {
+            "card": {"brand": card.brand, "last4": card.last4, "exp_month": 12, "exp_year": 2034, "funding": "credit"},
+            "type": "card",
+        },
+        "refunded": False,
+        "refunds": _list("refunds", charge_id, "charges"),
+        "status": "failed" if card.declined else "succeeded",
+        "transfer_group": intent["transfer_group"],
+    }
+
+
+def _outcome(card: SandboxCard) -> Obj:
+    if not card.declined:
+        return {"network_status": "approved_by_network", "reason": None, "risk_level": "normal", "type": "authorized"}
+    reason = card.decline_code or card.code
+    return {
+        "network_status": "declined_by_network",
+        "reason": reason,
+        "risk_level": "normal",
+        "type": "issuer_declined",
+    }
+
+
+def _refund(charge: Obj, amount: int, params: dict[str, str]) -> Obj:
+    return {
+        "id": new_id("re"),
+        "object": "refund",
+        "amount": amount,
+        "balance_transaction": new_id("txn"),
+        "charge": charge["id"],
+        "created": _now(),
+        "currency": charge["currency"],
+        "destination_details": {"card": {"type": "refund"}, "type": "card"},
+        "metadata": _metadata(params),
+        "payment_intent": charge["payment_intent"],
+        "reason": params.get("reason"),
+        "receipt_number": None,
+        "source_transfer_reversal": None,
+        "status": "succeeded",
+        "transfer_reversal": None,
+    }
+
+
+def _transfer(amount: int, currency: str, destination: str, params: dict[str, str]) -> Obj:
+    transfer_id = new_id("tr")
+    return {
+        "id": transfer_id,
+        "object": "transfer",
+        "amount": amount,
+        "amount_reversed": 0,
+        "balance_transaction": new_id("txn"),
+        "created": _now(),
+        "currency": currency,
+        "description": params.get("description"),
+        "destination": destination,
+        "destination_payment": new_id("py"),
+        "livemode": False,
+        "metadata": _metadata(params),
+        "reversals": _list("reversals", transfer_id, "transfers"),
+        "reversed": False,
+        "source_transaction": None,
+        "source_type": "card",
+        "transfer_group": params.get("transfer_group"),
+    }
+
+
+def _reversal(transfer: Obj, amount: int, params: dict[str, str]) -> Obj:
+    return {
+        "id": new_id("trr"),
+        "object": "transfer_reversal",
+        "amount": amount,
+        "balance_transaction": new_id("txn"),
+        "created": _now(),
+        "currency": transfer["currency"],
+        "destination_payment_refund": new_id("pyr"),
+        "metadata": _metadata(params),
+        "source_refund": None,
+        "transfer": transfer["id"],
+    }
+
+
+def _prepend(listing: Obj, obj: Obj) -> None:
+    listing["data"].insert(0, copy.deepcopy(obj))
+    listing["total_count"] = len(listing["data"])
+
+
+class StripeApi:
+    """The endpoints; each action runs under the sandbox lock and raises `Refusal` for an error answer."""
+
+    def __init__(self, sandbox: Sandbox, state: StripeState) -> None:
+        self.sandbox, self.state = sandbox, state
+
+    def routes(self) -> list[tuple[str, str, str, Action]]:
+        object_id = "(?P<id>[^/]+)"
+        return [
+            ("POST", "payment_intents", "payment_intents.create", self.create_payment_intent),
+            ("GET", f"payment_intents/{object_id}", "payment_intents.retrieve", self.retrieve_payment_intent),
+            ("POST", f"payment_intents/{object_id}/capture", "payment_intents.capture", self.capture_payment_intent),
+            ("POST", f"payment_intents/{object_id}/cancel", "payment_intents.cancel", self.cancel_payment_intent),
+            ("POST", "refunds", "refunds.create", self.create_refund),
+            ("GET", f"refunds/{object_id}", "refunds.retrieve", self.retrieve_refund),
+            ("POST", "transfers", "transfers.create", self.create_transfer),
+            ("GET", f"transfers/{object_id}", "transfers.retrieve", self.retrieve_transfer),
+            ("POST", f"transfers/{object_id}/reversals", "transfers.reversals.create", self.create_transfer_reversal),
+        ]
+
+    # --- the HTTP layer: auth, idempotency, events
+    def endpoint(self, action: Action, method: str) -> Handler:
+        def handle(request: SandboxRequest, match: re.Match[str]) -> SandboxResponse:
+            api_key = _bearer_key(request)
+            if api_key is None:
+                return _unauthorized(request).response()
+            call = Call(
+                params=request.form() if method == "POST" else {},
+                object_id=match.groupdict().get("id") or "",
+                request_id=new_id("req"),
+                idempotency_key=request.header("idempotency-key") if method == "POST" else "",
+                api_version=request.header("stripe-version") or API_VERSION,
+            )
+            if not call.idempotency_key:
+                return self._execute(action, call)[0]
+            return self._execute_once(api_key, request, action, call)
+
+        return handle
+
+    def _execute(self, action: Action, call: Call) -> tuple[SandboxResponse, bool]:
+        time.sleep(self.state.processing_delay_seconds)
+        try:
+            with self.sandbox.lock:
+                response, stored = SandboxResponse(200, copy.deepcopy(action(call))), True
+        except Refusal as refusal:
+            response, stored = refusal.response(), refusal.stored
+        response.headers["Request-Id"] = call.request_id
+        if call.idempotency_key:
+            response.headers["Idempotency-Key"] = call.idempotency_key
+        self._send_events(call)
+        return response, stored
+
+    def _execute_once(self, api_key: str, request: SandboxRequest, action: Action, call: Call) -> SandboxResponse:
+        if len(call.idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+            message = f"Idempotency-Key must be no longer than {MAX_IDEMPOTENCY_KEY_LENGTH} characters."
+            return Refusal(400, message, stored=False).response()
+        fingerprint = (request.method, request.path, tuple(sorted(parse_qsl(request.body.decode(), True))))
+        slot = (api_key, call.idempotency_key)
+        record = IdempotencyRecord(fingerprint, time.monotonic())
+        with self.sandbox.lock:
+            earlier = self.state.idempotency.get(slot)
+            if earlier and record.started_at - earlier.started_at > self.state.idempotency_window_seconds:
+                earlier = None  # Stripe forgets keys after 24 hours
+            if earlier is None:
+                self.state.idempotency[slot] = record
+        if earlier is not None:
+            return _answer_again(earlier, fingerprint, call)
+        try:
+            response, stored = self._execute(action, call)
+        except BaseException:
+            self._forget(slot, record)
+            raise
+        if stored:
+            record.response = response
+        else:
+            self._forget(slot, record)
+        return response
+
+    def _forget(self, slot: tuple[str, str], record: IdempotencyRecord) -> None:
+        with self.sandbox.lock:
+            if self.state.idempotency.get(slot) is record:
+                del self.state.idempotency[slot]
+
+    def _send_events(self, call: Call) -> None:
+        for event_type, obj in call.events:
+            event = {
+                "id": new_id("evt"),
+                "object": "event",
+                "api_version": call.api_version,
+                "created": _now(),
+                "data": {"object": obj},
+                "livemode": False,
+                "pending_webhooks": 1,
+                "request": {"id": call.request_id, "idempotency_key": call.idempotency_key or None},
+                "type": event_type,
+            }
+            with self.sandbox.lock:
+                self.state.events.append(event)
+            body = json.dumps(event, indent=2).encode()
+            headers = {
+                "Content-Type": "application/json; charset=utf-8",
+                "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+                "Stripe-Signature": stripe_signature(body, settings.STRIPE_WEBHOOK_SECRET, _now()),
+            }
+            self.sandbox.webhooks.send("stripe", body, headers)
+
+    # --- lookups
+    def _find(self, table: dict[str, Obj], kind: str, object_id: str, param: str = "id") -> Obj:
+        if object_id not in table:
+            raise Refusal(404, f"No such {kind}: '{object_id}'", code="resource_missing", param=param)
+        return table[object_id]
+
+    def _card(self, payment_method: str) -> SandboxCard:
+        card = TEST_PAYMENT_METHODS.get(payment_method) or self.state.payment_methods.get(payment_method)
+        if card is None:
+            message = f"No such PaymentMethod: '{payment_method}'"
+            raise Refusal(400, message, code="resource_missing", param="payment_method", stored=False)
+        return card
+
+    # --- PaymentIntents
+    def create_payment_intent(self, call: Call) -> Obj:
+        params = call.params
+        _allow(params, PAYMENT_INTENT_PARAMS)
+        amount, currency = _integer(params, "amount"), _currency(params)
+        capture = _choice(params, "capture_method", ("automatic", "automatic_async", "manual"), "automatic_async")
+        confirm = _boolean(params, "confirm")
+        card = self._card(params["payment_method"]) if params.get("payment_method") else None
+        if confirm and card is None:
+            message = "You cannot confirm this PaymentIntent because it's missing a payment method."
+            raise Refusal(400, message, code="payment_intent_unexpected_state", stored=False)
+        payment_method = None
+        if card is not None:
+            payment_method = new_id("pm")
+            self.state.payment_methods[payment_method] = card
+        intent = _payment_intent(call, amount, currency, str(capture), payment_method)
+        self.state.payment_intents[intent["id"]] = intent
+        if confirm and card is not None:
+            self._confirm(intent, card, call)
+        return intent
+
+    def _confirm(self, intent: Obj, card: SandboxCard, call: Call) -> None:
+        charge = _charge(intent, card)
+        self.state.charges[charge["id"]] = charge
+        intent["latest_charge"] = charge["id"]
+        if card.declined:
+            self._decline(intent, charge, card, call)
+        if intent["capture_method"] == "manual":
+            intent.update(status="requires_capture", amount_capturable=intent["amount"])
+            call.emit("payment_intent.amount_capturable_updated", intent)
+            return
+        _capture_charge(charge, intent["amount"])
+        intent.update(status="succeeded", amount_received=intent["amount"])
+        call.emit("payment_intent.succeeded", intent)
+
+    def _decline(self, intent: Obj, charge: Obj, card: SandboxCard, call: Call) -> NoReturn:
+        charge.update(failure_code=card.code, failure_message=card.message)
+        payment_method = {"id": intent["payment_method"], "object": "payment_method", "type": "card"}
+        refusal = Refusal(402, card.message, type_="card_error", code=card.code, charge=charge["id"])
+        if card.decline_code:
+            refusal.error["decline_code"] = card.decline_code
+        refusal.error["payment_method"] = payment_method
+        intent.update(status="requires_payment_method", last_payment_error=copy.deepcopy(refusal.error))
+        intent["payment_method"] = None
+        call.emit("payment_intent.payment_failed", intent)
+        refusal.error["payment_intent"] = copy.deepcopy(intent)
+        raise refusal
+
+    def retrieve_payment_intent(self, call: Call) -> Obj:
+        return self._find(self.state.payment_intents, "payment_intent", call.object_id, "intent")
+
+    def capture_payment_intent(self, call: Call) -> Obj:
+        _allow(call.params, ("amount_to_capture", "metadata"))
+        intent = self._find(self.state.payment_intents, "payment_intent", call.object_id, "intent")
+        amount = _integer(call.params, "amount_to_capture", default=intent["amount_capturable"] or intent["amount"])
+        if intent["status"] != "requires_capture":
+            raise _unexpected_state(intent, "captured", ("requires_capture",))
+        if amount > intent["amount_capturable"]:
+            message = (
+                f"The amount to capture ({amount}) must be less than or equal to the amount capturable "
+                f"({intent['amount_capturable']})."
+            )
+            raise Refusal(400, message, code="amount_too_large", param="amount_to_capture")
+        _capture_charge(self.state.charges[intent["latest_charge"]], amount)
+        intent.update(status="succeeded", amount_received=amount, amount_capturable=0)
+        intent["metadata"].update(_metadata(call.params))
+        call.emit("payment_intent.succeeded", intent)
+        return intent
+
+    def cancel_payment_intent(self, call: Call) -> Obj:
+        _allow(call.params, ("cancellation_reason",))
+        reasons = ("abandoned", "duplicate", "fraudulent", "requested_by_customer")
+        reason = _choice(call.params, "cancellation_reason", reasons, None)
+        intent = self._find(self.state.payment_intents, "payment_intent", call.object_id, "intent")
+        if intent["status"] not in CANCELABLE:
+            raise _unexpected_state(intent, "canceled", CANCELABLE)
+        intent.update(status="canceled", canceled_at=_now(), cancellation_reason=reason, amount_capturable=0)
+        call.emit("payment_intent.canceled", intent)
+        return intent
+
+    # --- Refunds
+    def create_refund(self, call: Call) -> Obj:
+        params = call.params
+        _allow(params, ("payment_intent", "charge", "amount", "reason", "metadata"))
+        _choice(params, "reason", ("duplicate", "fraudulent", "requested_by_customer"), None)
+        charge = self._refundable_charge(params)
+        remaining = charge["amount_captured"] - charge["amount_refunded"]
+        amount = _integer(params, "amount", default=remaining)
+        if remaining == 0:
+            raise Refusal(400, f"Charge {charge['id']} has already been refunded.", code="charge_already_refunded")
+        if amount > remaining:
+            message = f"Refund amount ({amount}) is greater than unrefunded amount on charge ({remaining})"
+            raise Refusal(400, message, code="amount_too_large", param="amount")
+        refund = _refund(charge, amount, params)
+        self.state.refunds[refund["id"]] = refund
+        charge["amount_refunded"] += amount
+        charge["refunded"] = charge["amount_refunded"] == charge["amount_captured"]
+        _prepend(charge["refunds"], refund)
+        call.emit("charge.refunded", charge)
+        call.emit("refund.created", refund)
+        return refund
+
+    def _refundable_charge(self, params: dict[str, str]) -> Obj:
+        if params.get("charge"):
+            charge = self._find(self.state.charges, "charge", params["charge"], "charge")
+            if not charge["captured"]:
+                raise Refusal(400, f"Charge {charge['id']} has not been captured.", code="charge_not_refundable")
+            return charge
+        if not params.get("payment_intent"):
+            message = "One of the following params should be provided for this request: payment_intent or charge."
+            raise Refusal(400, message, code="parameter_missing", stored=False)
+        intent = self._find(self.state.payment_intents, "payment_intent", params["payment_intent"], "payment_intent")
+        if intent["status"] != "succeeded":
+            raise _unexpected_state(intent, "refunded", ("succeeded",))
+        return self.state.charges[intent["latest_charge"]]
+
+    def retrieve_refund(self, call: Call) -> Obj:
+        return self._find(self.state.refunds, "refund", call.object_id)
+
+    # --- Transfers and reversals
+    def create_transfer(self, call: Call) -> Obj:
+        params = call.params
+        _allow(params, ("amount", "currency", "destination", "transfer_group", "metadata", "description"))
+        amount, currency = _integer(params, "amount"), _currency(params)
+        destination = _required(params, "destination")
+        if not destination.startswith("acct_"):
+            message = f"No such destination: '{destination}'"
+            raise Refusal(400, message, code="resource_missing", param="destination", stored=False)
+        transfer = _transfer(amount, currency, destination, params)
+        self.state.transfers[transfer["id"]] = transfer
+        call.emit("transfer.created", transfer)
+        return transfer
+
+    def retrieve_transfer(self, call: Call) -> Obj:
+        return self._find(self.state.transfers, "transfer", call.object_id)
+
+    def create_transfer_reversal(self, call: Call) -> Obj:
+        _allow(call.params, ("amount", "metadata", "description"))
+        transfer = self._find(self.state.transfers, "transfer", call.object_id)
+        remaining = transfer["amount"] - transfer["amount_reversed"]
+        amount = _integer(call.params, "amount", default=remaining)
+        if remaining == 0:
+            raise Refusal(400, f"Transfer {transfer['id']} has already been fully reversed.", code="amount_too_large")
+        if amount > remaining:
+            message = f"Reversal amount ({amount}) is greater than the amount left on the transfer ({remaining})"
+            raise Refusal(400, message, code="amount_too_large", param="amount")
+        reversal = _reversal(transfer, amount, call.params)
+        self.state.reversals[reversal["id"]] = reversal
+        transfer["amount_reversed"] += amount
+        transfer["reversed"] = transfer["amount_reversed"] == transfer["amount"]
+        _prepend(transfer["reversals"], reversal)
+        call.emit("transfer.reversed", transfer)
+        return reversal
+
+
+def _capture_charge(charge: Obj, amount: int) -> None:
+    charge.update(captured=True, amount_captured=amount, balance_transaction=new_id("txn"))
+
+
+def _unexpected_state(intent: Obj, verb: str, allowed: Iterable[str]) -> Refusal:
+    message = (
+        f"This PaymentIntent could not be {verb} because it has a status of {intent['status']}. "
+        f"Only a PaymentIntent with one of the following statuses may be {verb}: {', '.join(allowed)}."
+    )
+    return Refusal(400, message, code="payment_intent_unexpected_state", payment_intent=copy.deepcopy(intent))
+
+
+def _answer_again(earlier: IdempotencyRecord, fingerprint: tuple[Any, ...], call: Call) -> SandboxResponse:
+    if earlier.response is None:
+        message = (
+            "There is currently another in-progress request using this Idempotent Key (that probably means you "
+            f"submitted twice, and the other request is still going through): {call.idempotency_key}. "
+            "Please try again later."
+        )
+        return Refusal(409, message, type_="idempotency_error").response()
+    if earlier.fingerprint != fingerprint:
+        message = (
+            "Keys for idempotent requests can only be used with the same parameters they were first used with. "
+            f"Try using a key other than '{call.idempotency_key}' if you meant to execute a different request."
+        )
+        return Refusal(400, message, type_="idempotency_error").response()
+    first = earlier.response
+    replay_headers = {"Request-Id": call.request_id, "Original-Request": first.headers["Request-Id"]}
+    return SandboxResponse(first.status, first.body, {**first.headers, **replay_headers, "Idempotent-Replayed": "true"})
+
+
+def _bearer_key(request: SandboxRequest) -> str | None:
+    scheme, _, key = request.header("authorization").partition(" ")
+    if scheme.lower() != "bearer" or not _SECRET_KEY.match(key.strip()):
+        return None
+    return key.strip()
+
+
+def _unauthorized(request: SandboxRequest) -> Refusal:
+    if not request.header("authorization"):
+        message = (
+            "You did not provide an API key. You need to provide your API key in the Authorization header, "
+            "using Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY')."
+        )
+    else:
+        message = "Invalid API Key provided."
+    return Refusal(401, message, stored=False)
