@@ -105,6 +105,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": crontab(hour=2, minute=30),
     },
     "ledger-expire-holds": {"task": "ledger.expire_holds", "schedule": crontab()},  # every minute
+    "providers-sync-unknown-payments": {"task": "providers.sync_unknown_payments", "schedule": crontab(minute="*/5")},
     "providers-sweep-webhook-events": {"task": "providers.sweep_webhook_events", "schedule": crontab(minute="*/5")},
     "core-purge-idempotency-keys": {
         "task": "core.purge_idempotency_keys",
@@ -163,6 +164,8 @@ LEDGER_REMEMBERED_ACCOUNTS = env.int("LEDGER_REMEMBERED_ACCOUNTS", default=100_0
 PROVIDER_MODE = env.str("PROVIDER_MODE", default="sandbox")
 SANDBOX_URL = env.str("SANDBOX_URL", default="http://127.0.0.1:8765")
 PROVIDER_TIMEOUT_SECONDS = env.float("PROVIDER_TIMEOUT_SECONDS", default=10.0)
+# Where providers send the customer back after a redirect payment: <url>/<payment reference>/<outcome>.
+PAYMENT_RETURN_URL = env.str("PAYMENT_RETURN_URL", default="http://127.0.0.1:8000/payments/return")
 STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="sk_test_sandbox")
 STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="whsec_sandbox")
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="https://api.stripe.com")

@@ -6,6 +6,8 @@ class ProvidersConfig(AppConfig):
     verbose_name = "Payment providers"
 
     def ready(self) -> None:
+        from providers.payment_webhooks import register_payment_handlers
         from providers.verifiers import register_verifiers
 
         register_verifiers()
+        register_payment_handlers()

@@ -142,3 +142,115 @@ class RoutingDecision(models.Model):
     def __str__(self) -> str:
         first = self.candidates[0]["provider"] if self.candidates else "nothing"
         return f"{self.amount_minor} {self.currency} -> {first}"
+
+
+class Payment(TimestampedModel):
+    """A customer payment, routed to a provider; the row is the truth, provider calls follow it.
+
+    Statuses move forward only (see TRANSITIONS); `unknown` means a provider
+    may have taken the money and a sync will find out. The refunded total
+    (succeeded plus in-flight refunds) never exceeds the amount.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending"  # created, provider being called
+        REQUIRES_ACTION = "requires_action"  # customer completes it at the provider (redirect)
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"  # every provider tried is known not to have taken it
+        UNKNOWN = "unknown"
+
+    TRANSITIONS = {
+        Status.PENDING: {Status.REQUIRES_ACTION, Status.SUCCEEDED, Status.FAILED, Status.UNKNOWN},
+        Status.UNKNOWN: {Status.REQUIRES_ACTION, Status.SUCCEEDED, Status.FAILED},
+        Status.REQUIRES_ACTION: {Status.SUCCEEDED, Status.FAILED},
+        Status.SUCCEEDED: set(),
+        Status.FAILED: set(),
+    }
+
+    reference = models.CharField(max_length=40, unique=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="payments")
+    client_key = models.CharField(max_length=255, help_text="The client's Idempotency-Key.")
+    amount_minor = models.BigIntegerField()
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    provider = models.CharField(max_length=20, blank=True)
+    method = models.CharField(max_length=30, blank=True)
+    provider_reference = models.CharField(max_length=100, blank=True, db_index=True)
+    redirect_url = models.URLField(max_length=500, blank=True)
+    payment_method_token = models.CharField(max_length=100, blank=True, help_text="e.g. a Stripe payment method.")
+    fee_minor = models.BigIntegerField(default=0)
+    platform_fee_minor = models.BigIntegerField(default=0)
+    refunded_minor = models.BigIntegerField(default=0, help_text="Succeeded and in-flight refunds.")
+    failure_reason = models.CharField(max_length=255, blank=True)
+    routing_decision = models.ForeignKey(RoutingDecision, null=True, blank=True, on_delete=models.PROTECT)
+    sync_attempts = models.PositiveSmallIntegerField(default=0)
+    next_sync_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["status", "next_sync_at"])]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "client_key"], name="payment_once_per_client_key"),
+            models.CheckConstraint(condition=Q(amount_minor__gt=0), name="payment_amount_positive"),
+            models.CheckConstraint(
+                condition=Q(refunded_minor__gte=0) & Q(refunded_minor__lte=F("amount_minor")),
+                name="payment_refunds_within_amount",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.reference} {self.amount_minor} {self.currency} ({self.status})"
+
+
+class PaymentAttempt(TimestampedModel):
+    """One provider tried for a payment, recorded (committed) before the call, with its key."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        SUCCEEDED = "succeeded"
+        REQUIRES_ACTION = "requires_action"
+        DECLINED = "declined"
+        UNKNOWN = "unknown"
+
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="attempts")
+    provider = models.CharField(max_length=20)
+    method = models.CharField(max_length=30)
+    idempotency_key = models.CharField(max_length=255, unique=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    provider_reference = models.CharField(max_length=100, blank=True)
+    reason = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.payment_id} via {self.provider}: {self.status}"
+
+
+class Refund(TimestampedModel):
+    """A (partial) refund of a payment, recorded before the provider call, with its key."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        UNKNOWN = "unknown"
+
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="refunds")
+    client_key = models.CharField(max_length=255)
+    amount_minor = models.BigIntegerField()
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    idempotency_key = models.CharField(max_length=255, unique=True)
+    provider_reference = models.CharField(max_length=100, blank=True)
+    reason = models.CharField(max_length=255, blank=True)
+    failure_reason = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["payment", "client_key"], name="refund_once_per_client_key"),
+            models.CheckConstraint(condition=Q(amount_minor__gt=0), name="refund_amount_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"refund {self.amount_minor} of {self.payment_id} ({self.status})"

@@ -12,8 +12,7 @@ METHODS = [
     ("maya", "maya_wallet", "PHP", 10_000_000, 20),
     ("stripe", "card", "PHP", 99_999_999, 30),
     ("stripe", "card", "USD", 99_999_999, 30),
-    ("paypal", "paypal", "USD", 1_000_000, 40),
-]
+]  # PayPal is used for payouts only (Payouts API), not for customer payments
 
 FEES = [
     # provider, method, currency, percent_bps, fixed_minor
@@ -21,7 +20,6 @@ FEES = [
     ("maya", "maya_wallet", "PHP", 250, 1_500),  # 2.5% + PHP 15
     ("stripe", "card", "PHP", 350, 1_500),
     ("stripe", "card", "USD", 290, 30),  # 2.9% + USD 0.30
-    ("paypal", "paypal", "USD", 349, 49),  # 3.49% + USD 0.49
 ]
 
 

@@ -1,6 +1,8 @@
 from collections.abc import Iterator
+from importlib import import_module
 
 import pytest
+from django.apps import apps
 
 from providers.sandbox.server import Sandbox
 
@@ -22,3 +24,9 @@ def sandbox(_sandbox_server: Sandbox, settings) -> Iterator[Sandbox]:
     _sandbox_server.reset()
     yield _sandbox_server
     _sandbox_server.reset()
+
+
+@pytest.fixture
+def default_payment_config() -> None:
+    """The seeded payment methods and fee rules (a transactional test's flush removes them)."""
+    import_module("providers.migrations.0003_default_methods_and_fees").seed(apps, None)

@@ -35,7 +35,7 @@ def test_percent_of_is_within_half_a_minor_unit(amount, bps):
         ("stripe", "card", Money(1_000, "USD"), Money(29 + 30, "USD")),
     ],
 )
-def test_default_fee_rules(provider, method, amount, fee):
+def test_default_fee_rules(provider, method, amount, fee, default_payment_config):
     quote = fee_quote(provider=provider, method=method, amount=amount)
     assert quote.provider_fee == fee
     assert quote.platform_fee == Money(0, amount.currency)
@@ -43,7 +43,7 @@ def test_default_fee_rules(provider, method, amount, fee):
 
 
 @pytest.mark.django_db
-def test_the_rule_in_force_at_a_moment_applies():
+def test_the_rule_in_force_at_a_moment_applies(default_payment_config):
     FeeRule.objects.create(
         provider="maya", method="maya_wallet", currency="PHP", percent_bps=200, fixed_minor=1_000,
         platform_percent_bps=100, platform_fixed_minor=500, effective_from=datetime(2026, 7, 1, tzinfo=UTC),
@@ -63,7 +63,7 @@ def test_the_rule_in_force_at_a_moment_applies():
 
 
 @pytest.mark.django_db
-def test_fee_rule_changes_in_the_admin_are_audited_and_past_rules_are_frozen(admin_client):
+def test_fee_rule_changes_in_the_admin_are_audited_and_past_rules_are_frozen(admin_client, default_payment_config):
     from core.models import AuditLog
 
     response = admin_client.post(

@@ -8,7 +8,7 @@ from providers.breaker import breaker_for, shared_redis
 from providers.models import CustomerDefaultMethod, PaymentMethod, RoutingDecision
 from providers.routing import LOWEST_FEE, Choice, NoRouteAvailable, route_payment, routing_decision_record
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("default_payment_config")]
 GCASH, MAYA = Choice("gcash", "gcash"), Choice("maya", "maya_wallet")
 CARD = Choice("stripe", "card")
 
