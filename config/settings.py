@@ -146,6 +146,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Money movement, ledger and payouts. Amounts are integers in minor units.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "ENUM_NAME_OVERRIDES": {"ProviderEnum": "providers.models.Provider"},
 }
 
 # --- Idempotency-Key on API POSTs (Stripe semantics).

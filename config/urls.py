@@ -9,6 +9,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/ledger/", include("ledger.api.urls")),
+    path("api/v1/payments/", include("providers.api")),
     path("webhooks/<str:provider>/", webhook_view, name="webhook"),
 ]
 

@@ -28,6 +28,7 @@ from django.utils import timezone
 
 from core.errors import IdempotencyMismatch, InvalidRequest, InvalidStateTransition, NotFound
 from core.money import Money
+from core.permissions import require_permission
 from ledger.services import account_create, credit, debit, transaction_post
 from providers.base import Declined, Pending, ProviderResult, Succeeded, Unknown
 from providers.gateways import GATEWAYS, GCashGateway, Started, is_paid
@@ -242,7 +243,7 @@ def payments_sync_due() -> int:
 
 
 def refund_request(*, reference: str, amount: Money | None, client_key: str, actor: AbstractBaseUser) -> Refund:
-    """Refund part (or the rest) of a succeeded payment, once per client key."""
+    """Refund part (or the rest) of a succeeded payment, once per client key (finance staff)."""
     refund, created = _refund_reserve(reference=reference, amount=amount, client_key=client_key, actor=actor)
     if not created or refund.status != Refund.Status.PENDING:
         return refund
@@ -257,8 +258,9 @@ def refund_request(*, reference: str, amount: Money | None, client_key: str, act
 def _refund_reserve(
     *, reference: str, amount: Money | None, client_key: str, actor: AbstractBaseUser
 ) -> tuple[Refund, bool]:
+    require_permission(actor, "providers.add_refund")
     payment = Payment.objects.select_for_update().filter(reference=reference).first()
-    if payment is None or not (actor.is_staff or payment.user_id == actor.pk):
+    if payment is None:
         raise NotFound(f"payment {reference} does not exist", details={"payment": reference})
     existing = payment.refunds.filter(client_key=client_key).first()
     if existing is not None:

@@ -6,9 +6,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from django.contrib.auth.models import Permission
 from django.db import connections
 
-from core.errors import IdempotencyMismatch, InvalidRequest
+from core.errors import IdempotencyMismatch, InvalidRequest, PermissionDenied
 from core.money import Money
 from ledger.models import Account
 from ledger.selectors import account_balance
@@ -33,6 +34,13 @@ def _isolated(settings, default_payment_config):
     client = shared_redis()
     for key in client.scan_iter(f"{prefix}:*") if client else []:
         client.delete(key)
+
+
+@pytest.fixture
+def finance(django_user_model):
+    user = django_user_model.objects.create_user(f"finance-{uuid.uuid4().hex[:6]}", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="add_refund"))
+    return django_user_model.objects.get(pk=user.pk)
 
 
 @pytest.fixture
@@ -161,20 +169,22 @@ def test_maya_payment_completes_or_fails_through_webhooks(sandbox, live_server, 
 
 
 @pytest.mark.django_db
-def test_partial_refunds_up_to_the_amount(sandbox, buyer):
+def test_partial_refunds_up_to_the_amount(sandbox, buyer, finance):
     payment = payment_initiate(
         user=buyer, amount=Money(10_000, "USD"), client_key="r1", explicit=CARD, payment_method_token="pm_card_visa"
     )
-    first = refund_request(reference=payment.reference, amount=Money(4_000, "USD"), client_key="a", actor=buyer)
+    first = refund_request(reference=payment.reference, amount=Money(4_000, "USD"), client_key="a", actor=finance)
     assert first.status == Refund.Status.SUCCEEDED
     assert (
-        refund_request(reference=payment.reference, amount=Money(4_000, "USD"), client_key="a", actor=buyer).pk
+        refund_request(reference=payment.reference, amount=Money(4_000, "USD"), client_key="a", actor=finance).pk
         == first.pk
     )
     with pytest.raises(InvalidRequest) as error:
-        refund_request(reference=payment.reference, amount=Money(6_001, "USD"), client_key="b", actor=buyer)
+        refund_request(reference=payment.reference, amount=Money(6_001, "USD"), client_key="b", actor=finance)
     assert error.value.details["refundable_minor"] == 6_000
-    rest = refund_request(reference=payment.reference, amount=None, client_key="c", actor=buyer)
+    with pytest.raises(PermissionDenied):
+        refund_request(reference=payment.reference, amount=Money(1, "USD"), client_key="d", actor=buyer)
+    rest = refund_request(reference=payment.reference, amount=None, client_key="c", actor=finance)
     assert rest.amount_minor == 6_000
     payment.refresh_from_db()
     assert payment.refunded_minor == 10_000
@@ -184,7 +194,7 @@ def test_partial_refunds_up_to_the_amount(sandbox, buyer):
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
-def test_twenty_concurrent_partial_refunds_never_exceed_the_captured_amount(sandbox, buyer):
+def test_twenty_concurrent_partial_refunds_never_exceed_the_captured_amount(sandbox, buyer, finance):
     payment = payment_initiate(
         user=buyer, amount=Money(10_000, "USD"), client_key="r2", explicit=CARD, payment_method_token="pm_card_visa"
     )
@@ -194,7 +204,7 @@ def test_twenty_concurrent_partial_refunds_never_exceed_the_captured_amount(sand
         barrier.wait()
         try:
             return refund_request(
-                reference=payment.reference, amount=Money(1_500, "USD"), client_key=f"r-{n}", actor=buyer
+                reference=payment.reference, amount=Money(1_500, "USD"), client_key=f"r-{n}", actor=finance
             ).status
         except InvalidRequest:
             return "refused"

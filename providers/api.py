@@ -1,0 +1,180 @@
+"""Payments API (/api/v1/payments/): thin views over providers.payments and routing.
+
+Amounts are integer minor units plus currency. Every POST needs an
+Idempotency-Key; a payment's key is also the service's own once-only key.
+Customers see only their own payments (404 otherwise).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.urls import path
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from core.api import IdempotentMixin
+from core.errors import NotFound
+from core.money import Money, MoneyError
+from providers.models import CustomerDefaultMethod, PaymentMethod, Provider
+from providers.models import Payment as PaymentRow
+from providers.payments import payment_initiate, payment_sync, refund_request
+from providers.routing import Choice, route_payment
+
+IDEMPOTENCY_HEADER = OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=True)
+
+
+class MoneyField(serializers.Serializer):
+    amount_minor = serializers.IntegerField(min_value=1)
+    currency = serializers.CharField(min_length=3, max_length=3)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        try:
+            attrs["money"] = Money(attrs["amount_minor"], attrs["currency"])
+        except MoneyError as error:
+            raise serializers.ValidationError({"currency": str(error)}) from error
+        return attrs
+
+
+def _choice(provider: str | None, method: str | None) -> Choice | None:
+    return Choice(provider, method) if provider and method else None
+
+
+class PaymentCreateSerializer(MoneyField):
+    provider = serializers.ChoiceField(choices=Provider.choices, required=False, help_text="Explicit choice.")
+    method = serializers.CharField(required=False)
+    preferred_provider = serializers.ChoiceField(choices=Provider.choices, required=False)
+    preferred_method = serializers.CharField(required=False)
+    payment_method_token = serializers.CharField(required=False, default="", help_text="e.g. a Stripe pm_...")
+
+
+class PaymentSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = PaymentRow
+        fields = (
+            "reference", "status", "amount_minor", "currency", "provider", "method", "redirect_url",
+            "fee_minor", "platform_fee_minor", "refunded_minor", "failure_reason", "created_at", "updated_at",
+        )  # fmt: skip
+        read_only_fields = fields
+
+
+class RefundCreateSerializer(serializers.Serializer):
+    amount_minor = serializers.IntegerField(min_value=1, required=False, help_text="Omit to refund the rest.")
+
+
+class RefundSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    status = serializers.CharField()
+    amount_minor = serializers.IntegerField()
+    failure_reason = serializers.CharField()
+
+
+class MethodQuerySerializer(MoneyField):
+    pass
+
+
+class DefaultMethodSerializer(serializers.Serializer):
+    provider = serializers.ChoiceField(choices=Provider.choices)
+    method = serializers.CharField()
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not PaymentMethod.objects.filter(enabled=True, **attrs).exists():
+            raise serializers.ValidationError("no such enabled payment method")
+        return attrs
+
+
+def _own_payment(request: Request, reference: str) -> PaymentRow:
+    payments = PaymentRow.objects.all() if request.user.is_staff else PaymentRow.objects.filter(user=request.user)
+    payment = payments.filter(reference=reference).first()
+    if payment is None:
+        raise NotFound(f"payment {reference} does not exist", details={"payment": reference})
+    return payment
+
+
+class PaymentCreateView(IdempotentMixin, APIView):
+    @extend_schema(request=PaymentCreateSerializer, responses={201: PaymentSerializer}, parameters=[IDEMPOTENCY_HEADER])
+    def post(self, request: Request) -> Response:
+        body = PaymentCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        payment = payment_initiate(
+            user=request.user,
+            amount=data["money"],
+            client_key=request.headers["Idempotency-Key"],
+            explicit=_choice(data.get("provider"), data.get("method")),
+            preferred=_choice(data.get("preferred_provider"), data.get("preferred_method")),
+            payment_method_token=data["payment_method_token"],
+        )
+        return Response(PaymentSerializer(payment).data, status=status.HTTP_201_CREATED)
+
+
+class PaymentDetailView(APIView):
+    @extend_schema(
+        responses={200: PaymentSerializer},
+        parameters=[
+            OpenApiParameter("sync", bool, description="Ask the provider first (unknown or waiting payments).")
+        ],
+    )
+    def get(self, request: Request, reference: str) -> Response:
+        payment = _own_payment(request, reference)
+        if request.query_params.get("sync") in {"1", "true"}:
+            payment = payment_sync(reference=payment.reference)
+        return Response(PaymentSerializer(payment).data)
+
+
+class RefundCreateView(IdempotentMixin, APIView):
+    @extend_schema(request=RefundCreateSerializer, responses={201: RefundSerializer}, parameters=[IDEMPOTENCY_HEADER])
+    def post(self, request: Request, reference: str) -> Response:
+        payment = _own_payment(request, reference)
+        body = RefundCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        minor = body.validated_data.get("amount_minor")
+        refund = refund_request(
+            reference=payment.reference,
+            amount=None if minor is None else Money(minor, payment.currency),
+            client_key=request.headers["Idempotency-Key"],
+            actor=request.user,
+        )
+        return Response(RefundSerializer(refund).data, status=status.HTTP_201_CREATED)
+
+
+class MethodsView(APIView):
+    @extend_schema(parameters=[MethodQuerySerializer], responses={200: dict})
+    def get(self, request: Request) -> Response:
+        query = MethodQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        route = route_payment(amount=query.validated_data["money"], user=request.user)
+        return Response(
+            {
+                "available": [candidate.__dict__ for candidate in route.candidates],
+                "unavailable": [skip.__dict__ for skip in route.skipped],
+            }
+        )
+
+
+class DefaultMethodView(APIView):
+    @extend_schema(responses={200: DefaultMethodSerializer})
+    def get(self, request: Request) -> Response:
+        default = CustomerDefaultMethod.objects.filter(user=request.user).first()
+        if default is None:
+            raise NotFound("no default payment method set", action_required="Choose one with PUT.")
+        return Response(DefaultMethodSerializer(default).data)
+
+    @extend_schema(request=DefaultMethodSerializer, responses={200: DefaultMethodSerializer})
+    def put(self, request: Request) -> Response:
+        body = DefaultMethodSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        CustomerDefaultMethod.objects.update_or_create(user=request.user, defaults=body.validated_data)
+        return Response(body.validated_data)
+
+
+urlpatterns = [
+    path("", PaymentCreateView.as_view(), name="payment-create"),
+    path("methods/", MethodsView.as_view(), name="payment-methods"),
+    path("default-method/", DefaultMethodView.as_view(), name="payment-default-method"),
+    path("<str:reference>/", PaymentDetailView.as_view(), name="payment-detail"),
+    path("<str:reference>/refunds/", RefundCreateView.as_view(), name="payment-refunds"),
+]
