@@ -3,13 +3,16 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from providers.views import webhook_view
+from providers.views_health import PaymentsHealthView
 
 urlpatterns = [
+    path("admin/providers/health/", include("providers.urls_admin")),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/ledger/", include("ledger.api.urls")),
     path("api/v1/payments/", include("providers.api")),
+    path("api/health/payments", PaymentsHealthView.as_view(), name="health-payments"),
     path("webhooks/<str:provider>/", webhook_view, name="webhook"),
 ]
 

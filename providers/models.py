@@ -40,7 +40,10 @@ class WebhookEvent(TimestampedModel):
                 fields=["provider", "event_id"], condition=Q(signature_valid=True), name="webhook_event_unique_valid"
             )
         ]
-        permissions = [("reprocess_webhookevent", "Can reprocess a webhook event")]
+        permissions = [
+            ("reprocess_webhookevent", "Can reprocess a webhook event"),
+            ("reset_circuit_breaker", "Can reset a provider circuit breaker"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.provider} {self.event_type or '?'} {self.event_id}"

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from core.errors import AppError, InvalidRequest, InvalidStateTransition, NotFound
@@ -31,6 +31,8 @@ from providers.models import WebhookEvent
 log = structlog.get_logger(__name__)
 
 STUCK_AFTER = timedelta(minutes=10)
+RETRY_FAILED_AFTER = timedelta(minutes=5)  # e.g. an event that arrived before the row it updates knew its id
+MAX_ATTEMPTS = 5
 
 
 class InvalidWebhookSignature(InvalidRequest):
@@ -166,14 +168,17 @@ def webhook_reprocess(*, event_pk: int, actor: AbstractBaseUser) -> WebhookEvent
 
 
 def webhook_events_sweep() -> int:
-    """Re-enqueue events whose task was lost: received but never claimed, or stuck processing."""
+    """Re-enqueue events whose task was lost (received, or stuck processing) and failed ones
+    that have attempts left; after MAX_ATTEMPTS a failed event waits for staff to reprocess."""
     now = timezone.now()
     stuck = WebhookEvent.objects.filter(status=WebhookEvent.Status.PROCESSING, updated_at__lt=now - STUCK_AFTER).update(
         status=WebhookEvent.Status.RECEIVED, updated_at=now
     )
     waiting = list(
         WebhookEvent.objects.filter(
-            status=WebhookEvent.Status.RECEIVED, signature_valid=True, updated_at__lt=now - timedelta(minutes=1)
+            Q(status=WebhookEvent.Status.RECEIVED, updated_at__lt=now - timedelta(minutes=1))
+            | Q(status=WebhookEvent.Status.FAILED, attempts__lt=MAX_ATTEMPTS, updated_at__lt=now - RETRY_FAILED_AFTER),
+            signature_valid=True,
         ).values_list("pk", flat=True)[:1000]
     )
     for event_pk in waiting:

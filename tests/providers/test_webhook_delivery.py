@@ -32,7 +32,8 @@ def test_gcash_events_arrive_verified(sandbox, live_server):
     assert isinstance(source, Pending)
     httpx.post(f"{sandbox.url}/paymongo/_simulate/sources/{source.reference}/authorize", json={})
     sandbox.webhooks.wait_idle()
-    assert stored("gcash") == [("source.chargeable", True, "ignored")]  # the duplicate stored nothing new
+    # stored once (the duplicate stored nothing new); no payment of ours made this source, so processing fails
+    assert stored("gcash") == [("source.chargeable", True, "failed")]
     assert [d.status for d in sandbox.webhooks.delivered] == [200, 200]
 
 

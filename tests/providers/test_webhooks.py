@@ -150,3 +150,15 @@ def test_fifty_concurrent_copies_apply_once(live_server):
     assert statuses == [200] * 50
     assert WebhookEvent.objects.filter(event_id="evt_many").count() == 1
     assert APPLIED == {"evt_many": 1}
+
+
+@pytest.mark.django_db
+def test_sweeper_retries_failed_events_a_bounded_number_of_times(post):
+    post({"id": "evt_6", "type": "payment.paid", "fail": True})
+    event = WebhookEvent.objects.get()
+    WebhookEvent.objects.update(updated_at=timezone.now() - timedelta(minutes=6))
+    assert webhook_events_sweep() == 1
+    event.refresh_from_db()
+    assert (event.status, event.attempts) == (WebhookEvent.Status.FAILED, 2)
+    WebhookEvent.objects.update(attempts=5, updated_at=timezone.now() - timedelta(minutes=6))
+    assert webhook_events_sweep() == 0  # out of attempts: waits for staff

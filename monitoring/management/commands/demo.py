@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -31,6 +32,9 @@ from ledger.services import (
     transaction_post,
     transaction_reverse,
 )
+from providers.payments import payment_initiate, refund_request
+from providers.routing import Choice
+from providers.sandbox.server import Sandbox
 
 ADMIN_USERNAME = "finance-admin"
 PLATFORM_ACCOUNTS = [
@@ -60,7 +64,9 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         password = self.ensure_admin()
         self.seed()
-        self.run_lifecycle(run_id=timezone.now().strftime("%Y%m%d%H%M%S%f"))
+        run_id = timezone.now().strftime("%Y%m%d%H%M%S%f")
+        self.run_lifecycle(run_id=run_id)
+        self.run_payments(run_id=run_id)
         self.print_balances()
         self.check_ledger()
         if options["smoke"]:
@@ -159,6 +165,29 @@ class Command(BaseCommand):
             )
         except AppError as error:
             step(f"refused as expected: {error.user_message} {error.action_required}")
+
+    def run_payments(self, run_id: str) -> None:
+        """A card payment through the provider sandbox (real HTTP, the real Stripe SDK), then a refund."""
+        sandbox = Sandbox()
+        settings.SANDBOX_URL = sandbox.start()
+        settings.PROVIDER_MODE = "sandbox"
+        self.stdout.write(f"provider sandbox listening on {settings.SANDBOX_URL}")
+        admin = get_user_model().objects.get(username=ADMIN_USERNAME)
+        buyer = get_user_model().objects.get(username="alice")
+        payment = payment_initiate(
+            user=buyer,
+            amount=Money(25_000, "USD"),
+            client_key=f"demo:{run_id}:card",
+            explicit=Choice("stripe", "card"),
+            payment_method_token="pm_card_visa",  # noqa: S106 - the sandbox's test card, not a secret
+        )
+        self.stdout.write(f"card payment {payment.reference}: {payment.status} via {payment.provider}")
+        refund = refund_request(
+            reference=payment.reference, amount=Money(5_000, "USD"), client_key=f"demo:{run_id}:refund", actor=admin
+        )
+        self.stdout.write(f"refunded {Money(refund.amount_minor, 'USD')}: {refund.status}")
+        if payment.status != "succeeded" or refund.status != "succeeded":
+            raise CommandError("the sandbox payment lifecycle did not complete")
 
     def print_balances(self) -> None:
         self.stdout.write("\nbalances:")
