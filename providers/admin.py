@@ -7,8 +7,9 @@ from django.utils import timezone
 
 from core.admin import ReadOnlyAdmin
 from core.errors import AppError
+from core.money import Money
 from core.services import audit_record
-from providers.models import FeeRule, PaymentMethod, WebhookEvent
+from providers.models import FeeRule, Payment, PaymentAttempt, PaymentMethod, Refund, RoutingDecision, WebhookEvent
 from providers.webhooks import webhook_reprocess
 
 
@@ -71,3 +72,61 @@ class FeeRuleAdmin(AuditedConfigAdmin):
         if obj is not None and obj.effective_from <= timezone.now():
             return tuple(field.name for field in obj._meta.fields)
         return ()
+
+
+class AttemptInline(admin.TabularInline):
+    model = PaymentAttempt
+    extra = 0
+    can_delete = False
+    fields = ("provider", "method", "status", "idempotency_key", "provider_reference", "reason", "created_at")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class RefundInline(AttemptInline):
+    model = Refund
+    fields = ("amount", "status", "idempotency_key", "provider_reference", "failure_reason", "created_at")
+    readonly_fields = fields
+
+    @admin.display(description="Amount")
+    def amount(self, refund: Refund) -> str:
+        return Money(refund.amount_minor, refund.payment.currency).format()
+
+
+@admin.register(Payment)
+class PaymentAdmin(ReadOnlyAdmin):
+    list_display = ("reference", "status", "amount", "provider", "method", "refunded", "user", "created_at")
+    list_filter = ("status", "provider", "currency")
+    search_fields = ("=reference", "=provider_reference", "=client_key")
+    list_select_related = ("user",)
+    show_full_result_count = False
+    inlines = (AttemptInline, RefundInline)
+    readonly_fields = ("amount", "refunded", "routing")
+    exclude = ("amount_minor", "refunded_minor", "routing_decision")
+
+    @admin.display(description="Amount", ordering="amount_minor")
+    def amount(self, payment: Payment) -> str:
+        return Money(payment.amount_minor, payment.currency).format()
+
+    @admin.display(description="Refunded")
+    def refunded(self, payment: Payment) -> str:
+        return Money(payment.refunded_minor, payment.currency).format() if payment.refunded_minor else "-"
+
+    @admin.display(description="Routing")
+    def routing(self, payment: Payment) -> str:
+        decision = payment.routing_decision
+        if decision is None:
+            return "-"
+        tried = ", ".join(f"{c['provider']}/{c['method']}" for c in decision.candidates) or "none"
+        skipped = "; ".join(f"{s['provider']}: {s['reason']}" for s in decision.skipped) or "none"
+        return f"{decision.source}: candidates {tried}; skipped {skipped}"
+
+
+@admin.register(RoutingDecision)
+class RoutingDecisionAdmin(ReadOnlyAdmin):
+    list_display = ("id", "created_at", "reference", "amount_minor", "currency", "source")
+    list_filter = ("source", "currency")
+    search_fields = ("=reference",)
+    show_full_result_count = False

@@ -219,3 +219,15 @@ def test_twenty_concurrent_partial_refunds_never_exceed_the_captured_amount(sand
     assert payment.refunded_minor == 9_000
     assert sum(r["amount"] for r in stripe_sandbox.state_of(sandbox).refunds.values()) == 9_000
     assert balance("platform:customer-payments:USD") == 1_000
+
+
+@pytest.mark.django_db
+def test_finance_staff_see_payments_with_attempts_refunds_and_routing(sandbox, buyer, admin_client):
+    sandbox.add_fault(Fault(operation="paymongo.sources.create", kind="error", status=400))
+    payment = payment_initiate(user=buyer, amount=Money(50_000, "PHP"), client_key="adm")
+    page = admin_client.get(f"/admin/providers/payment/{payment.pk}/change/").content.decode()
+    assert "₱500.00" in page
+    assert "declined" in page and "requires_action" in page  # both attempts, in order
+    assert "priority: candidates gcash/gcash, maya/maya_wallet, stripe/card" in page
+    assert admin_client.get("/admin/providers/payment/").status_code == 200
+    assert admin_client.get("/admin/providers/routingdecision/").status_code == 200
