@@ -103,7 +103,7 @@ class PaymentAdmin(ReadOnlyAdmin):
     list_select_related = ("user",)
     show_full_result_count = False
     inlines = (AttemptInline, RefundInline)
-    readonly_fields = ("amount", "refunded", "routing")
+    readonly_fields = ("amount", "refunded", "routing", "redirect_url")
     exclude = ("amount_minor", "refunded_minor", "routing_decision")
 
     @admin.display(description="Amount", ordering="amount_minor")
