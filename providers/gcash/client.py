@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -35,6 +33,13 @@ from providers.base import (
     outcome_of_transport_error,
 )
 from providers.config import api_base
+from providers.webhook_signatures import (
+    fresh_timestamp,
+    header_value,
+    response_body,
+    signature_fields,
+    signed_json_object,
+)
 
 CURRENCY = "PHP"
 SIGNATURE_HEADER = "Paymongo-Signature"
@@ -44,8 +49,7 @@ REFUND_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer", 
 Interpret = Callable[[dict[str, Any]], ProviderResult]
 
 
-class InvalidWebhookSignature(InvalidSignature):
-    """The request is not an event PayMongo signed for us: no, malformed, wrong or stale signature."""
+InvalidWebhookSignature = InvalidSignature  # raised by every signature check here
 
 
 class PayMongoClient:
@@ -132,8 +136,8 @@ class PayMongoClient:
     # --- webhooks
     def verify_webhook(self, payload: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
         """The event, once its `Paymongo-Signature` is ours and fresh; raises InvalidWebhookSignature."""
-        fields = _signature_fields(_header(headers, SIGNATURE_HEADER))
-        timestamp = _fresh_timestamp(fields.get("t", ""))
+        fields = signature_fields(header_value(headers, SIGNATURE_HEADER), SIGNATURE_HEADER)
+        timestamp = fresh_timestamp(fields.get("t", ""), SIGNATURE_HEADER)
         mode = "li" if self.livemode else "te"
         provided = fields.get(mode, "")
         if not provided:
@@ -141,7 +145,7 @@ class PayMongoClient:
         expected = hmac.new(self.webhook_secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256)
         if not hmac.compare_digest(expected.hexdigest(), provided):
             raise InvalidWebhookSignature(f"{SIGNATURE_HEADER} does not match the body")
-        return _event(payload)
+        return signed_json_object(payload)
 
     # --- HTTP
     def _create(
@@ -172,7 +176,7 @@ class PayMongoClient:
 
 
 def _outcome(response: httpx.Response, interpret: Interpret) -> ProviderResult:
-    body = _body(response)
+    body = response_body(response)
     if response.is_success:
         data = body.get("data") if isinstance(body, dict) else None
         if isinstance(data, dict):
@@ -229,43 +233,3 @@ def _checked_amount(amount_minor: int) -> int:
     if amount_minor <= 0:
         raise ValueError(f"amount_minor must be positive, not {amount_minor}")
     return amount_minor
-
-
-def _body(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return response.text
-
-
-def _header(headers: Mapping[str, str], name: str) -> str:
-    wanted = name.lower()
-    return next((value for key, value in headers.items() if key.lower() == wanted), "")
-
-
-def _signature_fields(header: str) -> dict[str, str]:
-    if not header:
-        raise InvalidWebhookSignature(f"no {SIGNATURE_HEADER} header")
-    pairs = [part.partition("=") for part in header.split(",")]
-    if any(separator != "=" for _, separator, _ in pairs):
-        raise InvalidWebhookSignature(f"malformed {SIGNATURE_HEADER} header")
-    return {name.strip(): value.strip() for name, _, value in pairs}
-
-
-def _fresh_timestamp(text: str) -> int:
-    if not text.isdigit():
-        raise InvalidWebhookSignature(f"{SIGNATURE_HEADER} has no valid timestamp")
-    timestamp = int(text)
-    if abs(time.time() - timestamp) > SIGNATURE_TOLERANCE_SECONDS:
-        raise InvalidWebhookSignature(f"timestamp {timestamp} is more than {SIGNATURE_TOLERANCE_SECONDS} s from now")
-    return timestamp
-
-
-def _event(payload: bytes) -> dict[str, Any]:
-    try:
-        event = json.loads(payload)
-    except ValueError as error:
-        raise InvalidWebhookSignature(f"signed body is not JSON: {error}") from error
-    if not isinstance(event, dict):
-        raise InvalidWebhookSignature("signed body is not a JSON object")
-    return event

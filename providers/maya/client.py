@@ -23,7 +23,6 @@ import hashlib
 import hmac
 import json
 import re
-import time
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -43,6 +42,13 @@ from providers.base import (
     outcome_of_transport_error,
 )
 from providers.config import api_base
+from providers.webhook_signatures import (
+    fresh_timestamp,
+    header_value,
+    response_body,
+    signature_fields,
+    signed_json_object,
+)
 
 CURRENCY = "PHP"
 SIGNATURE_HEADER = "X-Maya-Webhook-Signature"
@@ -56,8 +62,7 @@ _MARKED_DECIMAL = re.compile(r'"\\u0000maya-decimal:(\d+\.\d{2})"')
 Interpret = Callable[[Any], ProviderResult]
 
 
-class InvalidWebhookSignature(InvalidSignature):
-    """The request is not a webhook Maya signed for us: no, malformed, wrong or stale signature."""
+InvalidWebhookSignature = InvalidSignature  # raised by every signature check here
 
 
 class MayaClient:
@@ -143,8 +148,8 @@ class MayaClient:
     # --- webhooks
     def verify_webhook(self, payload: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
         """The payment Maya sent, once its signature is ours and fresh; raises InvalidWebhookSignature."""
-        timestamp = _fresh_timestamp(_header(headers, TIMESTAMP_HEADER))
-        fields = _signature_fields(_header(headers, SIGNATURE_HEADER))
+        timestamp = fresh_timestamp(header_value(headers, TIMESTAMP_HEADER), TIMESTAMP_HEADER)
+        fields = signature_fields(header_value(headers, SIGNATURE_HEADER), SIGNATURE_HEADER)
         nonce, provided = fields.get("nonce", ""), fields.get("v1", "")
         if not nonce or not provided:
             raise InvalidWebhookSignature(f"{SIGNATURE_HEADER} needs both nonce and v1")
@@ -152,7 +157,7 @@ class MayaClient:
         expected = hmac.new(self.webhook_secret.encode(), signed, hashlib.sha256).hexdigest()
         if not hmac.compare_digest(expected, provided):
             raise InvalidWebhookSignature(f"{SIGNATURE_HEADER} does not match the body")
-        return _payment_event(payload)
+        return signed_json_object(payload)
 
     # --- HTTP
     def _call(
@@ -178,7 +183,7 @@ class MayaClient:
 
 
 def _outcome(response: httpx.Response, interpret: Interpret) -> ProviderResult:
-    body = _body(response)
+    body = response_body(response)
     if response.is_success:
         return interpret(body)
     if response.is_client_error:
@@ -280,43 +285,3 @@ def _unsupported(currency: str) -> Declined:
 
 def _payment_path(payment_id: str) -> str:
     return f"/payments/v1/payments/{quote(payment_id, safe='')}"
-
-
-def _body(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return response.text
-
-
-def _header(headers: Mapping[str, str], name: str) -> str:
-    wanted = name.lower()
-    return next((value for key, value in headers.items() if key.lower() == wanted), "")
-
-
-def _signature_fields(header: str) -> dict[str, str]:
-    if not header:
-        raise InvalidWebhookSignature(f"no {SIGNATURE_HEADER} header")
-    pairs = [part.partition("=") for part in header.split(",")]
-    if any(separator != "=" for _, separator, _ in pairs):
-        raise InvalidWebhookSignature(f"malformed {SIGNATURE_HEADER} header")
-    return {name.strip(): value.strip() for name, _, value in pairs}
-
-
-def _fresh_timestamp(text: str) -> int:
-    if not text.isdigit():
-        raise InvalidWebhookSignature(f"no valid {TIMESTAMP_HEADER} header")
-    timestamp = int(text)
-    if abs(time.time() - timestamp) > SIGNATURE_TOLERANCE_SECONDS:
-        raise InvalidWebhookSignature(f"timestamp {timestamp} is more than {SIGNATURE_TOLERANCE_SECONDS} s from now")
-    return timestamp
-
-
-def _payment_event(payload: bytes) -> dict[str, Any]:
-    try:
-        event = json.loads(payload)
-    except ValueError as error:
-        raise InvalidWebhookSignature(f"signed body is not JSON: {error}") from error
-    if not isinstance(event, dict):
-        raise InvalidWebhookSignature("signed body is not a JSON object")
-    return event
