@@ -1,7 +1,10 @@
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from core.models import AuditLog
+from core.errors import AppError
+from core.locks import lock_release_by_staff
+from core.models import AuditLog, ProcessingLock
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -24,3 +27,23 @@ class AuditLogAdmin(ReadOnlyAdmin):
     search_fields = ("actor_repr", "object_id", "request_id", "action")
     date_hierarchy = "created_at"
     show_full_result_count = False
+
+
+@admin.register(ProcessingLock)
+class ProcessingLockAdmin(ReadOnlyAdmin):
+    list_display = ("key", "holder", "reason", "acquired_at", "expires_at")
+    search_fields = ("key", "holder")
+    actions = ("release",)
+
+    def has_release_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("core.release_processinglock")
+
+    @admin.action(description="Release selected locks", permissions=["release"])
+    def release(self, request: HttpRequest, queryset: QuerySet[ProcessingLock]) -> None:
+        for lock in queryset:
+            try:
+                lock_release_by_staff(lock_pk=lock.pk, actor=request.user)
+            except AppError as error:
+                self.message_user(request, f"{lock.key}: {error.user_message} {error.action_required}", messages.ERROR)
+                continue
+            self.message_user(request, f"Released {lock.key} (was held by {lock.holder}).", messages.SUCCESS)

@@ -63,3 +63,24 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} ({self.status})"
+
+
+class ProcessingLock(models.Model):
+    """A lease on a long operation (preparing or executing a batch, releasing escrow).
+
+    One row per key while held; it expires by itself, and staff can see and
+    release it in the admin. The critical section inside still takes row locks.
+    """
+
+    key = models.CharField(max_length=200, unique=True)
+    holder = models.CharField(max_length=150, help_text="Who holds it: a username or a task name.")
+    reason = models.CharField(max_length=255, blank=True)
+    acquired_at = models.DateTimeField()
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-acquired_at"]
+        permissions = [("release_processinglock", "Can release a processing lock")]
+
+    def __str__(self) -> str:
+        return f"{self.key} held by {self.holder} until {self.expires_at:%H:%M:%S}"
