@@ -35,6 +35,7 @@ INSTALLED_APPS = [
     "core",
     "ledger",
     "providers",
+    "payouts",
     "monitoring",
 ]
 
@@ -163,6 +164,9 @@ LEDGER_REMEMBERED_ACCOUNTS = env.int("LEDGER_REMEMBERED_ACCOUNTS", default=100_0
 
 # --- Payment providers. PROVIDER_MODE=sandbox points every client at SANDBOX_URL.
 PROVIDER_MODE = env.str("PROVIDER_MODE", default="sandbox")
+# Payouts: batches above this total (minor units) need a second staff user's approval.
+PAYOUT_APPROVAL_THRESHOLD_MINOR = env.int("PAYOUT_APPROVAL_THRESHOLD_MINOR", default=1_000_000)
+PAYOUT_UNCLAIMED_CANCEL_AFTER_DAYS = env.int("PAYOUT_UNCLAIMED_CANCEL_AFTER_DAYS", default=25)
 SANDBOX_URL = env.str("SANDBOX_URL", default="http://127.0.0.1:8765")
 PROVIDER_TIMEOUT_SECONDS = env.float("PROVIDER_TIMEOUT_SECONDS", default=10.0)
 # Where providers send the customer back after a redirect payment: <url>/<payment reference>/<outcome>.

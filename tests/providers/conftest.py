@@ -4,6 +4,7 @@ from importlib import import_module
 import pytest
 from django.apps import apps
 
+from providers.paypal.client import PayPalClient
 from providers.sandbox.server import Sandbox
 
 
@@ -22,6 +23,7 @@ def sandbox(_sandbox_server: Sandbox, settings) -> Iterator[Sandbox]:
     settings.SANDBOX_URL = _sandbox_server.url
     settings.PROVIDER_TIMEOUT_SECONDS = 1.0
     _sandbox_server.reset()
+    PayPalClient().forget_token()  # the sandbox forgot the tokens it issued; so does the shared cache
     yield _sandbox_server
     _sandbox_server.reset()
 

@@ -1,0 +1,190 @@
+"""Payout cycles end to end against the PayPal sandbox over real HTTP."""
+
+import threading
+import uuid
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.db import connections
+
+from core.errors import AppError, Conflict, InvalidRequest
+from core.money import Money
+from ledger.integrity import ledger_integrity_report
+from ledger.models import Account
+from ledger.selectors import account_balance
+from payouts.models import PayoutBatch, PayoutCycle, PayoutItem, WinnerSelection
+from payouts.services import (
+    MakerCheckerViolation,
+    batch_approve,
+    batch_execute,
+    batch_retry_failed,
+    batch_sync,
+    cycle_disburse,
+    cycle_prepare,
+    sender_batch_id,
+    winnings_fund,
+)
+from providers.sandbox import paypal as paypal_sandbox
+from providers.sandbox.server import Fault
+
+PERMISSIONS = ("prepare_payoutbatch", "approve_payoutbatch", "execute_payoutbatch")
+
+
+@pytest.fixture(autouse=True)
+def _settings(settings):
+    settings.PROVIDER_STATE_KEY_PREFIX = f"test:payouts:{uuid.uuid4().hex}"
+    settings.PROVIDER_RETRY_ATTEMPTS = 1
+
+
+def staff(django_user_model, name: str):
+    user = django_user_model.objects.create_user(name, is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__in=PERMISSIONS))
+    return django_user_model.objects.get(pk=user.pk)
+
+
+@pytest.fixture
+def operator(django_user_model):
+    return staff(django_user_model, "operator")
+
+
+@pytest.fixture
+def cycle(django_user_model):
+    cycle = PayoutCycle.objects.create(name="November")
+    for n, receiver in enumerate(
+        ["paid@example.com", "unclaimed@example.com", "fail@example.com", "return@example.com"]
+    ):
+        user = django_user_model.objects.create_user(f"winner-{n}")
+        WinnerSelection.objects.create(
+            cycle=cycle, user=user, amount_minor=10_000 * (n + 1), currency="USD", recipient_type="EMAIL",
+            recipient=receiver,
+        )  # fmt: skip
+    winnings_fund(amount=Money(1_000_000, "USD"), reference="pool-1")
+    return cycle
+
+
+def available(code: str) -> int:
+    return account_balance(Account.objects.get(code=code)).available.minor
+
+
+def posted(code: str) -> int:
+    return account_balance(Account.objects.get(code=code)).posted.minor
+
+
+def statuses(batch: PayoutBatch) -> dict[str, str]:
+    return {item.receiver.split("@")[0]: item.status for item in batch.items.all()}
+
+
+@pytest.mark.django_db
+def test_a_cycle_is_paid_once_with_every_item_final_and_the_ledger_in_step(sandbox, cycle, operator):
+    (batch,) = cycle_prepare(cycle_id=cycle.pk, actor=operator)
+    assert batch.sender_batch_id == sender_batch_id(cycle.pk, batch.checksum)
+    assert (batch.status, batch.total_minor, batch.item_count) == ("approved", 100_000, 4)
+    assert available("payouts:winnings-payable:USD") == 1_000_000 - 100_000  # reserved by holds
+    assert [b.pk for b in cycle_prepare(cycle_id=cycle.pk, actor=operator)] == [batch.pk]  # same content, same batch
+
+    batch = batch_execute(batch_id=batch.pk, actor=operator)
+    assert batch.status == "submitted" and batch.provider_batch_id
+    for _ in range(3):
+        sandbox.tick()
+    batch = batch_sync(batch_id=batch.pk)
+    assert statuses(batch) == {"paid": "SUCCESS", "unclaimed": "UNCLAIMED", "fail": "FAILED", "return": "RETURNED"}
+    assert batch.status == "completed"
+    # paid 10,000; returned 40,000 was posted then reversed; failed 30,000 released; unclaimed 20,000 still held
+    assert posted("payouts:winnings-payable:USD") == 1_000_000 - 10_000
+    assert available("payouts:winnings-payable:USD") == 1_000_000 - 10_000 - 20_000
+    assert sandbox.calls["paypal.payouts.create"] == 1
+    assert ledger_integrity_report().findings == []
+
+
+@pytest.mark.django_db
+def test_retry_pays_only_the_unpaid_under_a_new_deterministic_id(sandbox, cycle, operator):
+    (batch,) = cycle_disburse(cycle_id=cycle.pk, actor=operator)
+    for _ in range(3):
+        sandbox.tick()
+    batch_sync(batch_id=batch.pk)
+    (retry,) = batch_retry_failed(batch_id=batch.pk, actor=operator)
+    assert retry.sender_batch_id != batch.sender_batch_id and retry.retry_of_id == batch.pk
+    assert sorted(i.receiver for i in retry.items.all()) == ["fail@example.com", "return@example.com"]
+    assert [b.pk for b in batch_retry_failed(batch_id=batch.pk, actor=operator)] == [retry.pk]  # idempotent
+    batch_execute(batch_id=retry.pk, actor=operator)
+    with pytest.raises(InvalidRequest):  # those winners are being paid: nothing left to retry
+        batch_retry_failed(batch_id=batch.pk, actor=operator)
+    for selection in WinnerSelection.objects.all():
+        assert selection.items.filter(status__in=PayoutItem.LIVE).count() <= 1
+
+
+@pytest.mark.django_db
+def test_other_content_while_a_batch_is_active_is_a_conflict(sandbox, cycle, operator, django_user_model):
+    cycle_prepare(cycle_id=cycle.pk, actor=operator)
+    WinnerSelection.objects.create(
+        cycle=cycle, user=django_user_model.objects.create_user("late"), amount_minor=500, currency="USD",
+        recipient_type="EMAIL", recipient="late@example.com",
+    )  # fmt: skip
+    with pytest.raises(Conflict) as error:
+        cycle_prepare(cycle_id=cycle.pk, actor=operator)
+    assert error.value.http_status == 409 and error.value.action_required
+
+
+@pytest.mark.django_db
+def test_invalid_winners_prepare_nothing(sandbox, cycle, operator):
+    WinnerSelection.objects.filter(recipient="fail@example.com").update(recipient="not-an-email")
+    with pytest.raises(InvalidRequest) as error:
+        cycle_prepare(cycle_id=cycle.pk, actor=operator)
+    assert len(error.value.details["problems"]) == 1
+    assert not PayoutBatch.objects.exists()
+
+
+@pytest.mark.django_db
+def test_large_batches_need_a_second_approver(sandbox, cycle, operator, django_user_model, settings):
+    settings.PAYOUT_APPROVAL_THRESHOLD_MINOR = 50_000
+    (batch,) = cycle_prepare(cycle_id=cycle.pk, actor=operator)
+    assert batch.status == "prepared"
+    with pytest.raises(MakerCheckerViolation):
+        batch_approve(batch_id=batch.pk, approver=operator)
+    with pytest.raises(AppError):
+        batch_execute(batch_id=batch.pk, actor=operator)
+    approved = batch_approve(batch_id=batch.pk, approver=staff(django_user_model, "approver"))
+    assert approved.status == "approved"
+    assert batch_execute(batch_id=batch.pk, actor=operator).status == "submitted"
+
+
+@pytest.mark.django_db
+def test_a_crash_after_paypal_accepted_ends_with_one_batch_after_sync(sandbox, cycle, operator):
+    sandbox.add_fault(Fault(operation="paypal.payouts.create", kind="applied_then_timeout"))
+    (batch,) = cycle_prepare(cycle_id=cycle.pk, actor=operator)
+    batch = batch_execute(batch_id=batch.pk, actor=operator)
+    assert batch.status == "unknown"
+    assert set(statuses(batch).values()) == {"UNKNOWN"}
+    batch = batch_sync(batch_id=batch.pk)
+    assert batch.status == "submitted"
+    assert list(paypal_sandbox.paypal_sandbox(sandbox).batches) == [batch.provider_batch_id]  # exactly one
+    for _ in range(3):
+        sandbox.tick()
+    assert statuses(batch_sync(batch_id=batch.pk))["paid"] == "SUCCESS"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_twenty_concurrent_disburse_calls_send_one_batch(sandbox, cycle, operator):
+    outcomes, barrier = [], threading.Barrier(20)
+
+    def disburse() -> None:
+        barrier.wait()
+        try:
+            batches = cycle_disburse(cycle_id=cycle.pk, actor=operator)
+            outcomes.append(("ok", batches[0].pk))
+        except AppError as error:
+            outcomes.append((error.http_status, None))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=disburse) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert PayoutBatch.objects.count() == 1
+    assert sandbox.calls["paypal.payouts.create"] == 1, (outcomes, dict(sandbox.calls))
+    assert {status for status, _ in outcomes} <= {"ok", 409, 423}
+    assert len({pk for status, pk in outcomes if status == "ok"}) == 1
+    assert ledger_integrity_report().findings == []
