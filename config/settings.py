@@ -107,6 +107,7 @@ CELERY_BEAT_SCHEDULE = {
     },
     "ledger-expire-holds": {"task": "ledger.expire_holds", "schedule": crontab()},  # every minute
     "providers-sync-unknown-payments": {"task": "providers.sync_unknown_payments", "schedule": crontab(minute="*/5")},
+    "payouts-sync-batches": {"task": "payouts.sync_batches", "schedule": crontab(minute="*/5")},
     "providers-sweep-webhook-events": {"task": "providers.sweep_webhook_events", "schedule": crontab(minute="*/5")},
     "core-purge-idempotency-keys": {
         "task": "core.purge_idempotency_keys",

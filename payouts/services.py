@@ -325,10 +325,10 @@ def _submit(batch: PayoutBatch) -> None:
                 for i in items
             ],
         )
-    _record_submission(batch, result)
+    record_submission(batch, result)
 
 
-def _record_submission(batch: PayoutBatch, result: ProviderResult) -> None:
+def record_submission(batch: PayoutBatch, result: ProviderResult) -> None:
     if isinstance(result, Pending | Succeeded):
         with transaction.atomic():
             _move_batch(batch, PayoutBatch.Status.SUBMITTED, provider_batch_id=result.reference, next_sync_at=None)

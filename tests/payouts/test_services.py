@@ -188,3 +188,39 @@ def test_twenty_concurrent_disburse_calls_send_one_batch(sandbox, cycle, operato
     assert {status for status, _ in outcomes} <= {"ok", 409, 423}
     assert len({pk for status, pk in outcomes if status == "ok"}) == 1
     assert ledger_integrity_report().findings == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_webhooks_move_items_forward_in_any_order(sandbox, cycle, operator, live_server):
+    sandbox.webhooks.configure("paypal", url=f"{live_server.url}/webhooks/paypal/", duplicate=3, reorder=4)
+    (batch,) = cycle_disburse(cycle_id=cycle.pk, actor=operator)
+    for _ in range(3):
+        sandbox.tick()
+    sandbox.webhooks.wait_idle()
+    assert statuses(batch)["paid"] == "SUCCESS"  # delivered out of order and four times over
+    assert ledger_integrity_report().findings == []
+    # events still held back arrive later; meanwhile the polling job converges on the truth
+    batch = batch_sync(batch_id=batch.pk)
+    assert statuses(batch) == {"paid": "SUCCESS", "unclaimed": "UNCLAIMED", "fail": "FAILED", "return": "RETURNED"}
+    assert posted("payouts:winnings-payable:USD") == 1_000_000 - 10_000
+    assert ledger_integrity_report().findings == []
+
+
+@pytest.mark.django_db
+def test_staff_cancel_an_item_left_unclaimed(sandbox, cycle, operator, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from payouts.services import item_cancel_unclaimed
+
+    (batch,) = cycle_disburse(cycle_id=cycle.pk, actor=operator)
+    for _ in range(3):
+        sandbox.tick()
+    batch_sync(batch_id=batch.pk)
+    item = batch.items.get(status="UNCLAIMED")
+    with pytest.raises(AppError):  # too early
+        item_cancel_unclaimed(item_id=item.pk, actor=operator)
+    PayoutItem.objects.filter(pk=item.pk).update(updated_at=timezone.now() - timedelta(days=26))
+    assert item_cancel_unclaimed(item_id=item.pk, actor=operator).status == "RETURNED"
+    assert available("payouts:winnings-payable:USD") == 1_000_000 - 10_000  # the reservation is released
