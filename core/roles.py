@@ -1,0 +1,56 @@
+"""The finance roles of DESIGN.md section 9, as Django groups kept in step after every migrate.
+
+Permissions are named as strings ("app_label.codename"), so core depends on no app:
+a permission that does not exist (an app not installed) is skipped.
+Services check the same permissions themselves; the groups only hand them out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import Group, Permission
+
+VIEW = [
+    "core.view_auditlog", "core.view_processinglock",
+    "ledger.view_account", "ledger.view_transaction", "ledger.view_entry", "ledger.view_hold",
+    "providers.view_webhookevent", "providers.view_payment", "providers.view_refund", "providers.view_routingdecision",
+    "providers.view_paymentmethod", "providers.view_feerule",
+    "payouts.view_payoutcycle", "payouts.view_winnerselection", "payouts.view_payoutbatch", "payouts.view_payoutitem",
+]  # fmt: skip
+
+ROLES: dict[str, list[str]] = {
+    "Finance viewer": VIEW,
+    "Finance operator": [
+        *VIEW,
+        "payouts.prepare_payoutbatch",
+        "payouts.execute_payoutbatch",
+        "payouts.add_winnerselection",
+        "providers.reprocess_webhookevent",
+        "core.release_processinglock",
+    ],
+    "Finance approver": [
+        *VIEW,
+        "payouts.approve_payoutbatch",
+        "ledger.reverse_transaction",
+        "providers.add_refund",
+        "providers.reset_circuit_breaker",
+        "providers.change_feerule",
+        "providers.add_feerule",
+        "providers.change_paymentmethod",
+    ],
+}
+
+
+def roles_sync(**_: Any) -> None:
+    """Create the groups and give each exactly its permissions (idempotent)."""
+    for name, wanted in ROLES.items():
+        group, _ = Group.objects.get_or_create(name=name)
+        perms = [
+            perm
+            for label in wanted
+            for perm in Permission.objects.filter(
+                content_type__app_label=label.split(".")[0], codename=label.split(".")[1]
+            )
+        ]
+        group.permissions.set(perms)
