@@ -224,3 +224,26 @@ def test_staff_cancel_an_item_left_unclaimed(sandbox, cycle, operator, settings)
     PayoutItem.objects.filter(pk=item.pk).update(updated_at=timezone.now() - timedelta(days=26))
     assert item_cancel_unclaimed(item_id=item.pk, actor=operator).status == "RETURNED"
     assert available("payouts:winnings-payable:USD") == 1_000_000 - 10_000  # the reservation is released
+
+
+@pytest.mark.django_db
+def test_connected_account_winners_are_paid_by_keyed_stripe_transfers(sandbox, cycle, operator, django_user_model):
+    from providers.sandbox import stripe as stripe_sandbox
+
+    WinnerSelection.objects.create(
+        cycle=cycle, user=django_user_model.objects.create_user("seller"), amount_minor=7_500, currency="USD",
+        recipient_type="STRIPE_ACCOUNT", recipient="acct_1SellerXYZ",
+    )  # fmt: skip
+    batches = {b.provider: b for b in cycle_disburse(cycle_id=cycle.pk, actor=operator)}
+    assert set(batches) == {"paypal", "stripe"}
+    stripe_batch = batches["stripe"]
+    assert stripe_batch.status == "completed"
+    (item,) = stripe_batch.items.all()
+    assert (item.status, item.provider_item_id[:3]) == ("SUCCESS", "tr_")
+    (transfer,) = stripe_sandbox.state_of(sandbox).transfers.values()
+    assert (transfer["amount"], transfer["destination"], transfer["transfer_group"]) == (
+        7_500, "acct_1SellerXYZ", stripe_batch.sender_batch_id,
+    )  # fmt: skip
+    assert batch_sync(batch_id=stripe_batch.pk).status == "completed"  # a replayed sync pays nothing more
+    assert len(stripe_sandbox.state_of(sandbox).transfers) == 1
+    assert posted("provider:stripe:clearing:USD") == -7_500
