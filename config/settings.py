@@ -148,7 +148,12 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Money movement, ledger and payouts. Amounts are integers in minor units.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
-    "ENUM_NAME_OVERRIDES": {"ProviderEnum": "providers.models.Provider"},
+    "ENUM_NAME_OVERRIDES": {
+        "ProviderEnum": "providers.models.Provider",
+        "StatusEnum": "providers.models.Payment.Status",
+        "PayoutBatchStatusEnum": "payouts.models.PayoutBatch.Status",
+        "PayoutItemStatusEnum": "payouts.models.PayoutItem.Status",
+    },
 }
 
 # --- Idempotency-Key on API POSTs (Stripe semantics).

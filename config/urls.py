@@ -12,6 +12,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/ledger/", include("ledger.api.urls")),
     path("api/v1/payments/", include("providers.api")),
+    path("api/v1/payouts/", include("payouts.api")),
     path("api/health/payments", PaymentsHealthView.as_view(), name="health-payments"),
     path("webhooks/<str:provider>/", webhook_view, name="webhook"),
 ]

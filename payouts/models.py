@@ -174,3 +174,65 @@ class PayoutItem(TimestampedModel):
 
     def __str__(self) -> str:
         return f"{self.sender_item_id} {self.amount_minor} {self.currency} ({self.status})"
+
+
+# --- legacy payouts ---------------------------------------------------------------------
+# Payouts made through PayPal before this system, imported from CSV and reconciled
+# against winner selections (payouts/legacy.py). A row is never deleted or dropped:
+# what cannot be parsed or matched stays here, flagged for review.
+
+
+class LegacyPayout(TimestampedModel):
+    class IdFormat(models.TextChoices):
+        WINNER = "winner", "winner-{selection}-{user}"
+        SELECTION_DASH_USER = "selection_dash_user", "{selection}-{user}"
+        SELECTION_UNDERSCORE_USER = "selection_underscore_user", "{selection}_{user}"
+        W_U = "w_u", "w{selection}u{user}"
+        CYCLE_USER = "cycle_user", "cycle-{cycle}-user-{user}"
+        USER = "user", "{user}"
+        FREE_TEXT = "free_text", "free text"
+        EMPTY = "empty", "empty"
+
+    class ReviewStatus(models.TextChoices):
+        PARSED = "parsed"  # imported, waiting for reconcile
+        NEEDS_REVIEW = "needs_review"
+        LINKED = "linked"  # a paid winner: selection marked paid outside, ledger posted
+        AMBIGUOUS = "ambiguous"
+        NO_MATCH = "no_match"
+        NOT_PAID = "not_paid"  # PayPal never paid it (failed, returned, ...): nothing to reconcile
+
+    source_file = models.CharField(max_length=255)
+    row_number = models.PositiveIntegerField(help_text="1 is the first row after the header.")
+    raw_row = models.JSONField()
+    sender_item_id = models.TextField(blank=True, help_text="As found in the file.")
+    id_format = models.CharField(max_length=30, choices=IdFormat.choices)
+    parsed_selection_id = models.BigIntegerField(null=True, blank=True)
+    parsed_user_id = models.BigIntegerField(null=True, blank=True)
+    parsed_cycle_id = models.BigIntegerField(null=True, blank=True)
+    paypal_transaction_id = models.CharField(max_length=255, blank=True)
+    paypal_item_id = models.CharField(max_length=255, blank=True)
+    amount_minor = models.BigIntegerField(null=True, blank=True, help_text="Empty when the amount did not parse.")
+    currency = models.CharField(max_length=3, blank=True)
+    status = models.CharField(max_length=32, blank=True, help_text="PayPal's status; only SUCCESS was paid.")
+    review_status = models.CharField(max_length=20, choices=ReviewStatus.choices)
+    review_note = models.TextField(blank=True)
+    selection = models.ForeignKey(
+        WinnerSelection, null=True, blank=True, on_delete=models.PROTECT, related_name="legacy_payouts"
+    )
+    ledger_transaction_id = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["source_file", "row_number"], name="legacy_payout_row_once"),
+            models.UniqueConstraint(
+                fields=["selection"], condition=Q(review_status="linked"), name="one_linked_legacy_payout_per_selection"
+            ),
+        ]
+        indexes = [models.Index(fields=["review_status"])]
+
+    def __str__(self) -> str:
+        return f"legacy {self.source_file}:{self.row_number} {self.sender_item_id!r} ({self.review_status})"
+
+
+# --- end legacy payouts

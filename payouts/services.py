@@ -24,11 +24,12 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
+from typing import Any
 
 import structlog
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from core.errors import AppError, Conflict, InvalidRequest, InvalidStateTransition, NotFound, PermissionDenied
@@ -39,7 +40,7 @@ from core.services import audit_record
 from ledger.models import Hold
 from ledger.services import account_create, credit, debit, hold_create, hold_post, hold_void, transaction_post
 from ledger.services import transaction_reverse as ledger_reverse
-from payouts.models import PayoutBatch, PayoutCycle, PayoutItem, RecipientType, WinnerSelection
+from payouts.models import LegacyPayout, PayoutBatch, PayoutCycle, PayoutItem, RecipientType, WinnerSelection
 from providers.base import Declined, Pending, ProviderResult, Succeeded, Unknown
 from providers.paypal.client import MAX_BATCH_ITEMS, PayoutItemRequest, PayPalClient
 from providers.stripe.client import StripeProviderClient
@@ -116,7 +117,7 @@ def winnings_fund(*, amount: Money, reference: str) -> None:
 # --- prepare ------------------------------------------------------------------------------
 
 
-def _problems(selection: WinnerSelection) -> list[str]:
+def selection_problems(selection: WinnerSelection) -> list[str]:
     found = []
     try:
         validate_currency(selection.currency)
@@ -130,8 +131,32 @@ def _problems(selection: WinnerSelection) -> list[str]:
     return found
 
 
-def _validate(selections: Iterable[WinnerSelection]) -> None:
-    problems = {f"selection {s.pk} (user {s.user_id})": p for s in selections if (p := _problems(s))}
+def _legacy_under_review(selections: list[WinnerSelection]) -> dict[int, str]:
+    """Winners a legacy PayPal payout may already have paid, still waiting for a person to review."""
+    unresolved = LegacyPayout.objects.filter(
+        status="SUCCESS",
+        review_status__in=[
+            LegacyPayout.ReviewStatus.PARSED,
+            LegacyPayout.ReviewStatus.NEEDS_REVIEW,
+            LegacyPayout.ReviewStatus.AMBIGUOUS,
+        ],
+    ).values_list("pk", "parsed_selection_id", "parsed_user_id", "parsed_cycle_id")
+    by_selection, by_user = {}, {}
+    for legacy_id, selection_id, user_id, cycle_id in unresolved:
+        if selection_id is not None:
+            by_selection[selection_id] = legacy_id
+        elif user_id is not None:
+            by_user[user_id, cycle_id] = legacy_id
+    found = {}
+    for s in selections:
+        legacy_id = by_selection.get(s.pk) or by_user.get((s.user_id, s.cycle_id)) or by_user.get((s.user_id, None))
+        if legacy_id is not None:
+            found[s.pk] = f"legacy payout {legacy_id} may have paid this winner: review it first"
+    return found
+
+
+def _validate(selections: list[WinnerSelection]) -> None:
+    problems = {f"selection {s.pk} (user {s.user_id})": p for s in selections if (p := selection_problems(s))}
     if problems:
         raise InvalidRequest(
             f"{len(problems)} winner selection(s) are not valid",
@@ -178,7 +203,12 @@ def cycle_prepare(*, cycle_id: int, actor: AbstractBaseUser) -> list[PayoutBatch
         cycle = PayoutCycle.objects.filter(pk=cycle_id).first()
         if cycle is None:
             raise NotFound(f"payout cycle {cycle_id} does not exist", details={"cycle_id": cycle_id})
-        return _prepare(cycle, _unpaid(cycle.selections.all()), actor, retry_of=None)
+        unpaid = _unpaid(cycle.selections.all())
+        held = _legacy_under_review(unpaid)  # never risk paying twice: these wait for a person
+        if held:
+            log.warning("payouts.winners_held_for_legacy_review", cycle=cycle_id, held=held)
+            audit_record(actor=actor, action="payouts.cycle.held_for_review", obj=cycle, after={"held": held})
+        return _prepare(cycle, [s for s in unpaid if s.pk not in held], actor, retry_of=None)
 
 
 def _prepare(
@@ -258,13 +288,21 @@ def _create_batch(
     return batch
 
 
+def _get_batch(batch_id: int, *, lock: bool = False) -> PayoutBatch:
+    batches = PayoutBatch.objects.select_for_update() if lock else PayoutBatch.objects.all()
+    batch = batches.filter(pk=batch_id).first()
+    if batch is None:
+        raise NotFound(f"payout batch {batch_id} does not exist", details={"batch_id": batch_id})
+    return batch
+
+
 # --- approve -----------------------------------------------------------------------------
 
 
 @transaction.atomic
 def batch_approve(*, batch_id: int, approver: AbstractBaseUser) -> PayoutBatch:
     require_permission(approver, "payouts.approve_payoutbatch")
-    batch = PayoutBatch.objects.select_for_update().get(pk=batch_id)
+    batch = _get_batch(batch_id, lock=True)
     if approver.pk == batch.prepared_by_id:
         raise MakerCheckerViolation(f"{approver.get_username()} prepared {batch.sender_batch_id}")
     if batch.status != PayoutBatch.Status.PREPARED:
@@ -290,7 +328,7 @@ def _move_batch(batch: PayoutBatch, target: str, **fields: object) -> bool:
 def batch_execute(*, batch_id: int, actor: AbstractBaseUser) -> PayoutBatch:
     """Send an approved batch to its provider, once (DESIGN.md section 5)."""
     require_permission(actor, "payouts.execute_payoutbatch")
-    batch = PayoutBatch.objects.get(pk=batch_id)
+    batch = _get_batch(batch_id)
     with processing_lock(key=f"payout-cycle:{batch.cycle_id}", holder=actor.get_username(), reason="executing"):
         if not _move_batch(batch, PayoutBatch.Status.SUBMITTING):  # the committed intent
             batch.refresh_from_db()
@@ -403,7 +441,7 @@ def _ledger_follow(item: PayoutItem, was_paid: bool) -> None:
 
 def batch_sync(*, batch_id: int) -> PayoutBatch:
     """Ask the provider: resolve an unknown submission by its sender_batch_id, or refresh item statuses."""
-    batch = PayoutBatch.objects.get(pk=batch_id)
+    batch = _get_batch(batch_id)
     if batch.status == PayoutBatch.Status.UNKNOWN:
         _resolve_unknown(batch)
     elif batch.status == PayoutBatch.Status.SUBMITTED and batch.provider == PayoutBatch.Provider.PAYPAL:
@@ -477,7 +515,7 @@ def batches_sync_due() -> int:
 def batch_retry_failed(*, batch_id: int, actor: AbstractBaseUser) -> list[PayoutBatch]:
     """A new batch (its own deterministic id) for the winners this batch did not pay and nobody has since."""
     require_permission(actor, "payouts.prepare_payoutbatch")
-    batch = PayoutBatch.objects.get(pk=batch_id)
+    batch = _get_batch(batch_id)
     with processing_lock(key=f"payout-cycle:{batch.cycle_id}", holder=actor.get_username(), reason="retrying"):
         failed = WinnerSelection.objects.filter(items__batch=batch, items__status__in=PayoutItem.UNPAID_FINAL)
         selections = _unpaid(failed.distinct())
@@ -493,7 +531,9 @@ def batch_retry_failed(*, batch_id: int, actor: AbstractBaseUser) -> list[Payout
 def item_cancel_unclaimed(*, item_id: int, actor: AbstractBaseUser) -> PayoutItem:
     """Staff: take back an unclaimed PayPal payout after the waiting period."""
     require_permission(actor, "payouts.execute_payoutbatch")
-    item = PayoutItem.objects.get(pk=item_id)
+    item = PayoutItem.objects.filter(pk=item_id).first()
+    if item is None:
+        raise NotFound(f"payout item {item_id} does not exist", details={"item_id": item_id})
     waited = timezone.now() - item.updated_at
     if item.status != PayoutItem.Status.UNCLAIMED or waited < timedelta(
         days=settings.PAYOUT_UNCLAIMED_CANCEL_AFTER_DAYS
@@ -521,3 +561,31 @@ def cycle_disburse(*, cycle_id: int, actor: AbstractBaseUser) -> list[PayoutBatc
         batch_execute(batch_id=batch.pk, actor=actor) if batch.status == PayoutBatch.Status.APPROVED else batch
         for batch in batches
     ]
+
+
+@transaction.atomic
+def winner_selections_import(*, cycle_id: int, rows: Sequence[Any], actor: AbstractBaseUser) -> int:
+    """Add winners to a cycle from checked rows (see payouts.admin's CSV import): all rows or none."""
+    require_permission(actor, "payouts.add_winnerselection")
+    cycle = PayoutCycle.objects.select_for_update().get(pk=cycle_id)
+    try:
+        with transaction.atomic():
+            WinnerSelection.objects.bulk_create(
+                WinnerSelection(
+                    cycle=cycle, user_id=row.user_id, amount_minor=row.amount.minor, currency=row.amount.currency,
+                    recipient_type=row.recipient_type, recipient=row.recipient,
+                )
+                for row in rows
+            )  # fmt: skip
+    except IntegrityError as error:
+        raise Conflict(
+            f"importing winners into cycle {cycle_id} hit {error}",
+            user_message="Some of these winners were added to the cycle while the file was being imported.",
+            action_required="Upload the file again to see which lines are now duplicates.",
+        ) from error
+    totals: dict[str, int] = defaultdict(int)
+    for row in rows:
+        totals[row.amount.currency] += row.amount.minor
+    after = {"count": len(rows), "total_minor": dict(totals)}
+    audit_record(actor=actor, action="payouts.selections.import", obj=cycle, after=after)
+    return len(rows)

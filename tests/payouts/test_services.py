@@ -247,3 +247,32 @@ def test_connected_account_winners_are_paid_by_keyed_stripe_transfers(sandbox, c
     assert batch_sync(batch_id=stripe_batch.pk).status == "completed"  # a replayed sync pays nothing more
     assert len(stripe_sandbox.state_of(sandbox).transfers) == 1
     assert posted("provider:stripe:clearing:USD") == -7_500
+
+
+@pytest.mark.django_db
+def test_a_winner_with_a_legacy_payout_under_review_is_not_batched(sandbox, cycle, operator):
+    from payouts.models import LegacyPayout
+
+    winner = WinnerSelection.objects.get(recipient="paid@example.com")
+    LegacyPayout.objects.create(
+        source_file="old.csv", row_number=1, raw_row={}, sender_item_id=f"{winner.user_id}", id_format="user",
+        parsed_user_id=winner.user_id, amount_minor=999, currency="USD", status="SUCCESS",
+        review_status=LegacyPayout.ReviewStatus.NEEDS_REVIEW,
+    )  # fmt: skip
+    (batch,) = cycle_prepare(cycle_id=cycle.pk, actor=operator)
+    assert "paid" not in statuses(batch)  # held back until a person reviews the legacy payout
+    assert set(statuses(batch)) == {"unclaimed", "fail", "return"}
+    from core.models import AuditLog
+
+    held = AuditLog.objects.get(action="payouts.cycle.held_for_review").after["held"]
+    assert list(held.values()) == [
+        f"legacy payout {LegacyPayout.objects.get().pk} may have paid this winner: review it first"
+    ]
+
+
+@pytest.mark.django_db
+def test_unknown_batch_ids_are_not_found(operator):
+    from core.errors import NotFound
+
+    with pytest.raises(NotFound):
+        batch_execute(batch_id=999_999, actor=operator)
