@@ -450,6 +450,48 @@ def _plan_hold_pending(plan: WritePlan, hold: Hold, accounts: dict[str, AccountF
             plan.add_pending(account_id=account_id, shard=shard, in_minor=sign * hold.amount_minor)
 
 
+@dataclass(frozen=True)
+class HoldRequest:
+    """Reserve `amount` to move from the credit account to the debit account later."""
+
+    idempotency_key: str
+    debit_account_code: str
+    credit_account_code: str
+    amount: Money
+    kind: str
+    description: str = ""
+    metadata: dict[str, Any] | None = None
+    expires_at: datetime | None = None
+
+
+def _new_hold(request: HoldRequest, accounts: dict[str, AccountFacts]) -> Hold:
+    """Validate a hold request and build its (unsaved) row, shards chosen."""
+    amount = request.amount
+    if not isinstance(amount, Money) or amount.minor <= 0:
+        raise InvalidRequest("a hold needs a positive Money amount", details={"amount": str(amount)})
+    if request.debit_account_code == request.credit_account_code:
+        raise InvalidRequest("a hold moves money between two different accounts")
+    debited, credited = accounts[request.debit_account_code], accounts[request.credit_account_code]
+    _validate_legs([debit(debited.code, amount), credit(credited.code, amount)], accounts)
+    return Hold(
+        idempotency_key=request.idempotency_key,
+        request_hash=_request_hash(
+            request.kind,
+            [(debited.code, amount.minor, amount.currency), (credited.code, -amount.minor, amount.currency)],
+        ),
+        debit_account_id=debited.id,
+        debit_shard=debited.pick_shard(),
+        credit_account_id=credited.id,
+        credit_shard=credited.pick_shard(),
+        amount_minor=amount.minor,
+        currency=amount.currency,
+        kind=request.kind,
+        description=request.description,
+        metadata=request.metadata or {},
+        expires_at=request.expires_at,
+    )
+
+
 @retry_on_conflict
 def hold_create(
     *,
@@ -464,48 +506,55 @@ def hold_create(
 ) -> Hold:
     """Reserve `amount` to move from the credit account to the debit account later.
 
-    The reserved amount counts against the available balance at once. Same key
-    and same request returns the existing hold.
+    It counts against the available balance at once. Same key and same request returns the existing hold.
     """
-    if not isinstance(amount, Money) or amount.minor <= 0:
-        raise InvalidRequest("a hold needs a positive Money amount", details={"amount": str(amount)})
-    if debit_account_code == credit_account_code:
-        raise InvalidRequest("a hold moves money between two different accounts")
-    accounts = _account_facts([debit_account_code, credit_account_code])
-    _validate_legs([debit(debit_account_code, amount), credit(credit_account_code, amount)], accounts)
-    request_hash = _request_hash(
-        kind,
-        [(debit_account_code, amount.minor, amount.currency), (credit_account_code, -amount.minor, amount.currency)],
+    request = HoldRequest(
+        idempotency_key, debit_account_code, credit_account_code, amount, kind, description, metadata, expires_at
     )
-    existing = Hold.objects.filter(idempotency_key=idempotency_key).first()
+    accounts = _account_facts([request.debit_account_code, request.credit_account_code])
+    hold = _new_hold(request, accounts)
+    existing = Hold.objects.filter(idempotency_key=request.idempotency_key).first()
     if existing is not None:
-        return _same_hold_or_mismatch(existing, request_hash)
-    hold = Hold(
-        idempotency_key=idempotency_key,
-        request_hash=request_hash,
-        debit_account_id=accounts[debit_account_code].id,
-        debit_shard=accounts[debit_account_code].pick_shard(),
-        credit_account_id=accounts[credit_account_code].id,
-        credit_shard=accounts[credit_account_code].pick_shard(),
-        amount_minor=amount.minor,
-        currency=amount.currency,
-        kind=kind,
-        description=description,
-        metadata=metadata or {},
-        expires_at=expires_at,
-    )
+        return _same_hold_or_mismatch(existing, hold.request_hash)
     try:
         with transaction.atomic():
             hold.save(force_insert=True)
     except IntegrityError:
-        existing = Hold.objects.filter(idempotency_key=idempotency_key).first()
+        existing = Hold.objects.filter(idempotency_key=request.idempotency_key).first()
         if existing is None:
             raise
-        return _same_hold_or_mismatch(existing, request_hash)
+        return _same_hold_or_mismatch(existing, hold.request_hash)
     plan = WritePlan(transaction=None, accounts=list(accounts.values()))
     _plan_hold_pending(plan, hold, accounts, sign=+1)
     _apply(plan, accounts)
     return hold
+
+
+@retry_on_conflict
+def holds_create_many(*, requests: Sequence[HoldRequest]) -> list[Hold]:
+    """Reserve many movements in one write: one insert, and one update per touched balance shard.
+
+    All or nothing; in request order. A key already used for the same request returns that hold.
+    """
+    codes = {code for r in requests for code in (r.debit_account_code, r.credit_account_code)}
+    accounts = _account_facts(codes)
+    holds = [_new_hold(request, accounts) for request in requests]
+    existing = {
+        h.idempotency_key: h for h in Hold.objects.filter(idempotency_key__in=[h.idempotency_key for h in holds])
+    }
+    new = [hold for hold in holds if hold.idempotency_key not in existing]
+    Hold.objects.bulk_create(new, batch_size=2000)
+    plan = WritePlan(transaction=None, accounts=list(accounts.values()))
+    for hold in new:
+        _plan_hold_pending(plan, hold, accounts, sign=+1)
+    if new:
+        _apply(plan, accounts)
+    return [
+        _same_hold_or_mismatch(existing[hold.idempotency_key], hold.request_hash)
+        if hold.idempotency_key in existing
+        else hold
+        for hold in holds
+    ]
 
 
 def _same_hold_or_mismatch(existing: Hold, request_hash: str) -> Hold:

@@ -22,7 +22,7 @@ import hashlib
 import json
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -30,6 +30,7 @@ import structlog
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
 from core.errors import AppError, Conflict, InvalidRequest, InvalidStateTransition, NotFound, PermissionDenied
@@ -38,7 +39,16 @@ from core.money import Money, MoneyError, validate_currency
 from core.permissions import require_permission
 from core.services import audit_record
 from ledger.models import Hold
-from ledger.services import account_create, credit, debit, hold_create, hold_post, hold_void, transaction_post
+from ledger.services import (
+    HoldRequest,
+    account_create,
+    credit,
+    debit,
+    hold_post,
+    hold_void,
+    holds_create_many,
+    transaction_post,
+)
 from ledger.services import transaction_reverse as ledger_reverse
 from payouts.models import LegacyPayout, PayoutBatch, PayoutCycle, PayoutItem, RecipientType, WinnerSelection
 from providers.base import Declined, Pending, ProviderResult, Succeeded, Unknown
@@ -166,15 +176,13 @@ def _validate(selections: list[WinnerSelection]) -> None:
         )
 
 
-def _unpaid(selections: Iterable[WinnerSelection]) -> list[WinnerSelection]:
-    """Winners not paid and not being paid. Items in batches not yet sent count as unpaid, so
-    preparing the same winners again gives the same checksum, hence the same batch."""
-    unsent = (PayoutBatch.Status.PREPARED, PayoutBatch.Status.APPROVED)
-    return [
-        s for s in selections
-        if not s.paid_outside
-        and not s.items.filter(status__in=PayoutItem.LIVE).exclude(batch__status__in=unsent).exists()
-    ]  # fmt: skip
+def _unpaid(selections: QuerySet[WinnerSelection]) -> list[WinnerSelection]:
+    """Winners not paid and not being paid, in one query. Items in batches not yet sent count as
+    unpaid, so preparing the same winners again gives the same checksum, hence the same batch."""
+    being_paid = PayoutItem.objects.filter(selection=OuterRef("pk"), status__in=PayoutItem.LIVE).exclude(
+        batch__status__in=(PayoutBatch.Status.PREPARED, PayoutBatch.Status.APPROVED)
+    )
+    return list(selections.filter(paid_outside=False).exclude(Exists(being_paid)).order_by("pk"))
 
 
 def _provider_of(selection: WinnerSelection) -> str:
@@ -275,15 +283,21 @@ def _create_batch(
         for s in selections
     )
     payable, clearing = winnings_payable(currency), provider_clearing(provider, currency)
-    for item in items:
-        item.hold_id = hold_create(
-            idempotency_key=f"payout-item:{item.pk}:hold",
-            debit_account_code=payable,
-            credit_account_code=clearing,
-            amount=Money(item.amount_minor, currency),
-            kind="payout",
-            description=f"{item.sender_item_id} in {batch_id}",
-        ).pk
+    holds = holds_create_many(
+        requests=[
+            HoldRequest(
+                idempotency_key=f"payout-item:{item.pk}:hold",
+                debit_account_code=payable,
+                credit_account_code=clearing,
+                amount=Money(item.amount_minor, currency),
+                kind="payout",
+                description=f"{item.sender_item_id} in {batch_id}",
+            )
+            for item in items
+        ]
+    )
+    for item, hold in zip(items, holds, strict=True):
+        item.hold_id = hold.pk
     PayoutItem.objects.bulk_update(items, ["hold_id"], batch_size=2000)
     return batch
 
@@ -518,7 +532,7 @@ def batch_retry_failed(*, batch_id: int, actor: AbstractBaseUser) -> list[Payout
     batch = _get_batch(batch_id)
     with processing_lock(key=f"payout-cycle:{batch.cycle_id}", holder=actor.get_username(), reason="retrying"):
         failed = WinnerSelection.objects.filter(items__batch=batch, items__status__in=PayoutItem.UNPAID_FINAL)
-        selections = _unpaid(failed.distinct())
+        selections = _unpaid(WinnerSelection.objects.filter(pk__in=failed.values("pk")))
         if not selections:
             raise InvalidRequest(
                 f"batch {batch.sender_batch_id} has no unpaid items left to retry",

@@ -374,3 +374,34 @@ def test_a_hold_that_fails_to_expire_does_not_stop_the_sweep(alice, bob, monkeyp
     assert holds_expire_due() == 1
     statuses = dict(Hold.objects.values_list("pk", "status"))
     assert statuses == {holds[0].pk: Hold.Status.PENDING, holds[1].pk: Hold.Status.EXPIRED}
+
+
+def test_many_holds_reserve_at_once_all_or_nothing(alice, bob):
+    from ledger.services import HoldRequest, holds_create_many
+
+    def requests(*amounts: int) -> list[HoldRequest]:
+        return [
+            HoldRequest(
+                idempotency_key=f"many:{n}",
+                debit_account_code=alice.code,
+                credit_account_code=bob.code,
+                amount=usd(minor),
+                kind="payout",
+            )
+            for n, minor in enumerate(amounts)
+        ]
+
+    with pytest.raises(InsufficientFunds):  # 10,001 > 10,000 available: nothing is reserved
+        holds_create_many(requests=requests(4_000, 6_001))
+    assert not Hold.objects.exists()
+    holds = holds_create_many(requests=requests(4_000, 5_000))
+    assert [h.amount_minor for h in holds] == [4_000, 5_000]
+    assert account_balance(alice).available.minor == 1_000
+    assert account_balance(bob).pending_in.minor == 9_000
+    again = holds_create_many(requests=requests(4_000, 5_000))  # same keys, same requests
+    assert [h.pk for h in again] == [h.pk for h in holds]
+    assert account_balance(alice).pending_out.minor == 9_000
+    with pytest.raises(IdempotencyMismatch):
+        holds_create_many(requests=requests(4_000, 5_001))
+    hold_post(hold_id=holds[0].pk)
+    assert account_balance(bob).posted.minor == 4_000

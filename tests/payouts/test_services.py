@@ -276,3 +276,16 @@ def test_unknown_batch_ids_are_not_found(operator):
 
     with pytest.raises(NotFound):
         batch_execute(batch_id=999_999, actor=operator)
+
+
+@pytest.mark.django_db
+def test_batches_split_at_the_item_limit_each_with_its_own_id(sandbox, cycle, operator, monkeypatch):
+    import payouts.services
+
+    monkeypatch.setattr(payouts.services, "MAX_BATCH_ITEMS", 3)
+    batches = cycle_prepare(cycle_id=cycle.pk, actor=operator)
+    assert [b.item_count for b in batches] == [3, 1]
+    assert len({b.sender_batch_id for b in batches}) == 2
+    assert {b.sender_batch_id for b in cycle_prepare(cycle_id=cycle.pk, actor=operator)} == {
+        b.sender_batch_id for b in batches
+    }  # idempotent across the split too
