@@ -33,7 +33,8 @@ TMT TOP TRY TTD TWD TZS UAH USD USN UYU UZS VED VES WST XCD XCG YER ZAR ZMW ZWG
 CURRENCY_EXPONENTS: dict[str, int] = {code: 2 for code in _EXPONENT_TWO} | _EXPONENT_NOT_TWO
 
 _SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "PHP": "₱", "INR": "₹", "KRW": "₩"}
-_DECIMAL_STRING = re.compile(r"^(?P<sign>-?)(?P<whole>\d+)(?:\.(?P<frac>\d+))?$")
+# ASCII digits only (\d would accept e.g. Arabic-Indic digits); at most 30 of them before the point.
+_DECIMAL_STRING = re.compile(r"^(?P<sign>-?)(?P<whole>[0-9]{1,30})(?:\.(?P<frac>[0-9]+))?$")
 
 
 class MoneyError(ValueError):

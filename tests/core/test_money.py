@@ -61,6 +61,8 @@ def test_parse_uses_the_currency_exponent(text, currency, minor):
         (".5", "USD"),
         ("NaN", "USD"),
         ("--1", "USD"),
+        ("\u0661\u0662.\u0660\u0660", "USD"),  # Arabic-Indic digits for 12.00
+        ("1" * 4_400, "USD"),  # absurdly long: refused as money, not a crash
     ],
 )
 def test_parse_refuses_anything_not_exact(text, currency):
