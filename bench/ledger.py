@@ -32,17 +32,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 # This file is bench/ledger.py: keep its folder off sys.path, or `import ledger` would import this script.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+
+from bench.benchdb import Server, bench_database, checkpoint, close_django_connections, django_setup  # noqa: E402 - needs the path above
 
 WORKERS = int(os.environ.get("BENCH_WORKERS", "8"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "20"))
@@ -64,105 +63,6 @@ def user_code(index: int) -> str:
 
 
 # --- the database -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Server:
-    """Where PostgreSQL listens, from DATABASE_URL; the database name in it is ignored."""
-
-    scheme: str
-    user: str
-    password: str
-    host: str
-    port: int
-    maintenance_db: str
-
-    @classmethod
-    def from_url(cls, url: str) -> Server:
-        parts = urlsplit(url)
-        if parts.scheme not in ("postgres", "postgresql", "pgsql"):
-            raise SystemExit(f"DATABASE_URL must be a PostgreSQL URL, got scheme {parts.scheme!r}")
-        return cls(
-            scheme=parts.scheme,
-            user=unquote(parts.username or "postgres"),
-            password=unquote(parts.password or ""),
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 5432,
-            maintenance_db=parts.path.lstrip("/") or "postgres",
-        )
-
-    def url(self, dbname: str) -> str:
-        auth = self.user + (f":{self.password}" if self.password else "")
-        return urlunsplit((self.scheme, f"{auth}@{self.host}:{self.port}", f"/{dbname}", "", ""))
-
-    def connect(self, dbname: str | None = None) -> Any:
-        import psycopg
-
-        return psycopg.connect(
-            host=self.host,
-            port=self.port,
-            user=self.user,
-            password=self.password or None,
-            dbname=dbname or self.maintenance_db,
-            autocommit=True,
-        )
-
-    def pg_env(self) -> dict[str, str]:
-        env = dict(os.environ, PGHOST=self.host, PGPORT=str(self.port), PGUSER=self.user)
-        if self.password:
-            env["PGPASSWORD"] = self.password
-        return env
-
-
-def create_database(server: Server, dbname: str) -> None:
-    with server.connect() as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
-
-
-def drop_database(server: Server, dbname: str) -> None:
-    with server.connect() as conn:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            [dbname],
-        )
-        conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-
-
-def checkpoint(server: Server) -> None:
-    """Start each measured phase from the same clean state of the WAL."""
-    with server.connect() as conn:
-        conn.execute("CHECKPOINT")
-
-
-@contextmanager
-def bench_database(server: Server) -> Iterator[str]:
-    dbname = f"bench_ledger_{os.getpid()}"
-    drop_database(server, dbname)
-    create_database(server, dbname)
-    try:
-        yield dbname
-    finally:
-        close_django_connections()
-        drop_database(server, dbname)
-        print(f"dropped database {dbname}", flush=True)
-
-
-def django_setup(database_url: str) -> None:
-    """Point Django at the bench database; call before importing any project model."""
-    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
-    os.environ["DATABASE_URL"] = database_url
-    os.environ["REDIS_URL"] = ""
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    import django
-
-    django.setup()
-
-
-def close_django_connections() -> None:
-    if "django.db" in sys.modules:
-        from django.db import connections
-
-        connections.close_all()
 
 
 # --- accounts -----------------------------------------------------------------
@@ -446,7 +346,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # run the cleanup on kill too
     server = Server.from_url(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres"))
     started = time.monotonic()
-    with bench_database(server) as dbname:
+    with bench_database(server, "ledger") as dbname:
         figures, pgbench_tps, ok = run(server, dbname)
     uniform, hot = figures["uniform"].tps, figures["hot"].tps
     print(f"total {time.monotonic() - started:.0f} s")

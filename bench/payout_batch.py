@@ -47,11 +47,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 # Keep bench/ off sys.path: bench/ledger.py would shadow the `ledger` app.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+
+from bench.benchdb import Server, bench_database, checkpoint, django_setup  # noqa: E402 - needs the path above
 
 ITEMS = int(os.environ.get("BENCH_ITEMS", "15000"))
 PHASES = ("prepare", "submit", "settle")
@@ -71,95 +72,6 @@ def amount_minor(index: int) -> int:
 
 
 # --- the database -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Server:
-    """Where PostgreSQL listens, from DATABASE_URL; the database name in it is ignored."""
-
-    scheme: str
-    user: str
-    password: str
-    host: str
-    port: int
-    maintenance_db: str
-
-    @classmethod
-    def from_url(cls, url: str) -> Server:
-        parts = urlsplit(url)
-        if parts.scheme not in ("postgres", "postgresql", "pgsql"):
-            raise SystemExit(f"DATABASE_URL must be a PostgreSQL URL, got scheme {parts.scheme!r}")
-        return cls(
-            scheme=parts.scheme,
-            user=unquote(parts.username or "postgres"),
-            password=unquote(parts.password or ""),
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 5432,
-            maintenance_db=parts.path.lstrip("/") or "postgres",
-        )
-
-    def url(self, dbname: str) -> str:
-        auth = self.user + (f":{self.password}" if self.password else "")
-        return urlunsplit((self.scheme, f"{auth}@{self.host}:{self.port}", f"/{dbname}", "", ""))
-
-    def connect(self) -> Any:
-        import psycopg
-
-        return psycopg.connect(
-            host=self.host,
-            port=self.port,
-            user=self.user,
-            password=self.password or None,
-            dbname=self.maintenance_db,
-            autocommit=True,
-        )
-
-
-def drop_database(server: Server, dbname: str) -> None:
-    with server.connect() as conn:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            [dbname],
-        )
-        conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-
-
-def checkpoint(server: Server) -> None:
-    """Start each measured phase from the same clean state of the WAL."""
-    with server.connect() as conn:
-        conn.execute("CHECKPOINT")
-
-
-@contextmanager
-def bench_database(server: Server) -> Iterator[str]:
-    dbname = f"bench_payout_batch_{os.getpid()}"
-    drop_database(server, dbname)
-    with server.connect() as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
-    try:
-        yield dbname
-    finally:
-        close_django_connections()
-        drop_database(server, dbname)
-        print(f"dropped database {dbname}", flush=True)
-
-
-def django_setup(database_url: str) -> None:
-    """Point Django at the bench database; call before importing any project model."""
-    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
-    os.environ["DATABASE_URL"] = database_url
-    os.environ["REDIS_URL"] = ""
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    import django
-
-    django.setup()
-
-
-def close_django_connections() -> None:
-    if "django.db" in sys.modules:
-        from django.db import connections
-
-        connections.close_all()
 
 
 # --- the provider sandbox -------------------------------------------------------
@@ -424,7 +336,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # run the cleanup on kill too
     server = Server.from_url(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres"))
     started = time.monotonic()
-    with bench_database(server) as dbname:
+    with bench_database(server, "payout_batch") as dbname:
         figures, ok = run(server, dbname)
     print(f"total {time.monotonic() - started:.0f} s")
     print(

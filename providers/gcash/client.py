@@ -43,7 +43,6 @@ from providers.webhook_signatures import (
 
 CURRENCY = "PHP"
 SIGNATURE_HEADER = "Paymongo-Signature"
-SIGNATURE_TOLERANCE_SECONDS = 300
 REFUND_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer", "others"})
 
 Interpret = Callable[[dict[str, Any]], ProviderResult]

@@ -53,7 +53,6 @@ from providers.webhook_signatures import (
 CURRENCY = "PHP"
 SIGNATURE_HEADER = "X-Maya-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Maya-Webhook-Timestamp"
-SIGNATURE_TOLERANCE_SECONDS = 300
 SUCCEEDED = frozenset({"PAYMENT_SUCCESS", "VOIDED", "REFUNDED"})
 DECLINED = frozenset({"PAYMENT_FAILED", "PAYMENT_EXPIRED", "PAYMENT_CANCELLED", "AUTH_FAILED"})
 _DECIMAL_MARK = "\x00maya-decimal:"
