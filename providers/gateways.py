@@ -32,6 +32,7 @@ class Started:
 
 class PaymentGateway(Protocol):
     provider: str
+    refunds_replay: bool  # does the provider answer a repeated keyed refund with the first one?
 
     def start(self, payment: Payment, attempt: PaymentAttempt) -> Started: ...
     def resolve(self, payment: Payment, attempt: PaymentAttempt) -> ProviderResult: ...
@@ -45,6 +46,7 @@ def _return_url(payment: Payment, outcome: str) -> str:
 
 class StripeCardGateway:
     provider = "stripe"
+    refunds_replay = True
 
     def _intent(self, payment: Payment, attempt: PaymentAttempt) -> dict:
         return {
@@ -88,6 +90,7 @@ class StripeCardGateway:
 
 class GCashGateway:
     provider = "gcash"
+    refunds_replay = True
 
     def start(self, payment: Payment, attempt: PaymentAttempt) -> Started:
         result = PayMongoClient().source_create(
@@ -127,6 +130,7 @@ class GCashGateway:
 
 class MayaGateway:
     provider = "maya"
+    refunds_replay = False  # a repeated refund could pay out twice: look it up instead
 
     def start(self, payment: Payment, attempt: PaymentAttempt) -> Started:
         result = MayaClient().checkout_create(

@@ -248,8 +248,9 @@ def refund_request(*, reference: str, amount: Money | None, client_key: str, act
     if not created or refund.status != Refund.Status.PENDING:
         return refund
     payment = refund.payment
-    result = call_provider(
-        payment.provider, "refunds.create", lambda: GATEWAYS[payment.provider].refund(payment, refund), idempotent=True
+    gateway = GATEWAYS[payment.provider]
+    result = call_provider(  # retried only where the provider replays a keyed refund; else a sync looks it up
+        payment.provider, "refunds.create", lambda: gateway.refund(payment, refund), idempotent=gateway.refunds_replay
     )
     return refund_record_outcome(refund_pk=refund.pk, result=result)
 

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import structlog
 from django.conf import settings
@@ -188,8 +188,9 @@ class Sandbox:
 
     # --- dispatch
     def dispatch(self, request: SandboxRequest) -> SandboxResponse:
+        path = unquote(request.path)  # path parameters arrive percent-encoded, as real servers decode them
         for route in self.routes:
-            match = route.pattern.match(request.path)
+            match = route.pattern.match(path)
             if match and route.method == request.method:
                 return self._run(route, request, match)
         return SandboxResponse(404, {"error": {"message": f"no sandbox route for {request.method} {request.path}"}})
