@@ -36,6 +36,7 @@ INSTALLED_APPS = [
     "ledger",
     "providers",
     "payouts",
+    "escrow",
     "monitoring",
 ]
 

@@ -2,9 +2,10 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from core.alerts import alert_close
 from core.errors import AppError
 from core.locks import lock_release_by_staff
-from core.models import AuditLog, ProcessingLock
+from core.models import Alert, AuditLog, ProcessingLock
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -47,3 +48,32 @@ class ProcessingLockAdmin(ReadOnlyAdmin):
                 self.message_user(request, f"{lock.key}: {error.user_message} {error.action_required}", messages.ERROR)
                 continue
             self.message_user(request, f"Released {lock.key} (was held by {lock.holder}).", messages.SUCCESS)
+
+
+@admin.register(Alert)
+class AlertAdmin(ReadOnlyAdmin):
+    list_display = ("last_raised_at", "severity", "status", "title", "occurrences", "action_required")
+    list_filter = ("status", "severity")
+    search_fields = ("key", "title")
+    actions = ("acknowledge", "resolve")
+
+    def has_close_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("core.acknowledge_alert")
+
+    def _close(self, request: HttpRequest, queryset: QuerySet[Alert], status: str) -> None:
+        for alert in queryset:
+            try:
+                alert_close(alert_pk=alert.pk, actor=request.user, status=status)
+            except AppError as error:
+                text = f"{alert.title}: {error.user_message} {error.action_required}"
+                self.message_user(request, text, messages.ERROR)
+                continue
+            self.message_user(request, f"{alert.title}: {status}.", messages.SUCCESS)
+
+    @admin.action(description="Acknowledge selected alerts", permissions=["close"])
+    def acknowledge(self, request: HttpRequest, queryset: QuerySet[Alert]) -> None:
+        self._close(request, queryset, Alert.Status.ACKNOWLEDGED)
+
+    @admin.action(description="Resolve selected alerts", permissions=["close"])
+    def resolve(self, request: HttpRequest, queryset: QuerySet[Alert]) -> None:
+        self._close(request, queryset, Alert.Status.RESOLVED)

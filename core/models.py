@@ -84,3 +84,41 @@ class ProcessingLock(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} held by {self.holder} until {self.expires_at:%H:%M:%S}"
+
+
+class Alert(TimestampedModel):
+    """Something staff must look at: a job that stopped itself, a transfer out of retries.
+
+    One open alert per `key`: raising it again counts the repeat instead of adding a row.
+    """
+
+    class Severity(models.TextChoices):
+        WARNING = "warning"
+        CRITICAL = "critical"
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        ACKNOWLEDGED = "acknowledged"
+        RESOLVED = "resolved"
+
+    key = models.CharField(max_length=200, help_text="What the alert is about, e.g. escrow:timeouts:breaker.")
+    severity = models.CharField(max_length=20, choices=Severity.choices, default=Severity.WARNING)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.OPEN, db_index=True)
+    title = models.CharField(max_length=255)
+    detail = models.TextField(blank=True)
+    action_required = models.CharField(max_length=500, blank=True)
+    occurrences = models.PositiveIntegerField(default=1)
+    last_raised_at = models.DateTimeField()
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-last_raised_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["key"], condition=models.Q(status="open"), name="alert_one_open_per_key")
+        ]
+        permissions = [("acknowledge_alert", "Can acknowledge and resolve alerts")]
+
+    def __str__(self) -> str:
+        return f"[{self.severity}] {self.title}"

@@ -51,7 +51,7 @@ Verifier = Callable[[bytes, Mapping[str, str]], VerifiedEvent]
 Handler = Callable[[WebhookEvent, dict[str, Any]], None]
 
 _verifiers: dict[str, Verifier] = {}
-_handlers: dict[tuple[str, str], Handler] = {}
+_handlers: dict[tuple[str, str], list[Handler]] = {}
 
 
 def register_verifier(provider: str, verifier: Verifier) -> None:
@@ -59,7 +59,10 @@ def register_verifier(provider: str, verifier: Verifier) -> None:
 
 
 def register_handler(provider: str, event_type: str, handler: Handler) -> None:
-    _handlers[provider, event_type] = handler
+    """Add a handler for an event type; every registered handler runs, each ignoring objects not its own."""
+    handlers = _handlers.setdefault((provider, event_type), [])
+    if handler not in handlers:
+        handlers.append(handler)
 
 
 def webhook_receive(*, provider: str, body: bytes, headers: Mapping[str, str]) -> tuple[WebhookEvent, bool]:
@@ -129,12 +132,14 @@ def webhook_process(*, event_pk: int) -> WebhookEvent:
     event = WebhookEvent.objects.get(pk=event_pk)
     if not claimed:
         return event
-    handler = _handlers.get((event.provider, event.event_type))
-    if handler is None:
+    handlers = _handlers.get((event.provider, event.event_type), [])
+    if not handlers:
         return _finish(event, WebhookEvent.Status.IGNORED)
     try:
         with transaction.atomic():
-            handler(event, json.loads(event.body))
+            body = json.loads(event.body)
+            for handler in handlers:
+                handler(event, body)
     except (AppError, ValueError, KeyError) as error:
         log.error("webhook.failed", provider=event.provider, event_id=event.event_id, error=repr(error))
         return _finish(event, WebhookEvent.Status.FAILED, error=repr(error))

@@ -1,0 +1,5 @@
+"""limits models."""
+
+from __future__ import annotations
+
+__all__: list[str] = []
