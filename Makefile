@@ -5,9 +5,10 @@ PY := $(VENV)/bin/python
 export DATABASE_URL_TEST ?= postgres://postgres@127.0.0.1:5432/backoffice
 export REDIS_URL_TEST ?= redis://127.0.0.1:6379/15
 DEMO_DB := var/demo.sqlite3
-SQLITE_TESTS := tests/core tests/ledger/test_services.py tests/ledger/test_api.py tests/ledger/test_admin.py
+SQLITE_TESTS := tests/core tests/ledger/test_services.py tests/ledger/test_api.py tests/ledger/test_admin.py \
+	tests/escrow/test_limits.py
 
-.PHONY: demo demo-smoke test lint install install-dev bench
+.PHONY: demo demo-smoke test lint install install-dev bench bench-reconcile
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,3 +51,6 @@ test: install-dev
 
 bench: install-dev
 	DATABASE_URL=$(DATABASE_URL_TEST) $(PY) bench/ledger.py
+
+bench-reconcile: install-dev
+	DATABASE_URL=$(DATABASE_URL_TEST) $(PY) bench/reconcile.py

@@ -13,6 +13,9 @@ urlpatterns = [
     path("api/v1/ledger/", include("ledger.api.urls")),
     path("api/v1/payments/", include("providers.api")),
     path("api/v1/payouts/", include("payouts.api")),
+    path("api/v1/spend-limits/", include("escrow.api.limits")),
+    path("api/v1/escrow/", include("escrow.api.deal_urls")),
+    path("api/v1/purchases/", include("escrow.api.purchases")),
     path("api/health/payments", PaymentsHealthView.as_view(), name="health-payments"),
     path("webhooks/<str:provider>/", webhook_view, name="webhook"),
 ]

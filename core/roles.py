@@ -17,6 +17,10 @@ VIEW = [
     "providers.view_webhookevent", "providers.view_payment", "providers.view_refund", "providers.view_routingdecision",
     "providers.view_paymentmethod", "providers.view_feerule",
     "payouts.view_payoutcycle", "payouts.view_winnerselection", "payouts.view_payoutbatch", "payouts.view_payoutitem",
+    "core.view_alert", "escrow.view_spendlimit", "escrow.view_spendcounter", "escrow.view_spendreservation",
+    "escrow.view_escrowdeal", "escrow.view_selleraccount", "escrow.view_commissiontier",
+    "monitoring.view_reconciliationrun", "monitoring.view_reconciliationissue",
+    "escrow.view_purchase", "escrow.view_purchaserefund", "escrow.view_purchasableservice", "escrow.view_serviceprice",
 ]  # fmt: skip
 
 ROLES: dict[str, list[str]] = {
@@ -28,6 +32,12 @@ ROLES: dict[str, list[str]] = {
         "payouts.add_winnerselection",
         "providers.reprocess_webhookevent",
         "core.release_processinglock",
+        "monitoring.run_reconciliation",
+        "monitoring.resolve_reconciliationissue",
+        "escrow.release_escrowdeal",
+        "escrow.refund_escrowdeal",
+        "escrow.retry_transfer_escrowdeal",
+        "escrow.sync_purchase",
     ],
     "Finance approver": [
         *VIEW,
@@ -38,7 +48,22 @@ ROLES: dict[str, list[str]] = {
         "providers.change_feerule",
         "providers.add_feerule",
         "providers.change_paymentmethod",
+        "escrow.add_spendlimit",
+        "escrow.change_spendlimit",
+        "core.acknowledge_alert",
+        "escrow.approve_escrowdeal",
+        "escrow.add_selleraccount",
+        "escrow.change_selleraccount",
+        "escrow.add_commissiontier",
+        "escrow.change_commissiontier",
+        "escrow.refund_purchase",
+        "escrow.add_purchasableservice",
+        "escrow.change_purchasableservice",
+        "escrow.add_serviceprice",
+        "escrow.change_serviceprice",
     ],
+    # Not staff: the accounts our service back ends use to report delivery of purchased services.
+    "Service delivery": ["escrow.deliver_purchase"],
 }
 
 

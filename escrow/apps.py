@@ -5,3 +5,12 @@ class EscrowConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "escrow"
     verbose_name = "Escrow, purchases and spend limits"
+
+    def ready(self) -> None:
+        from escrow.deal_webhooks import register_deal_handlers
+
+        register_deal_handlers()
+
+        from escrow.purchases import register_purchase_handlers
+
+        register_purchase_handlers()

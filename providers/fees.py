@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+import structlog
 from django.utils import timezone
 
 from core.errors import NotFound
 from core.money import Money
 from providers.models import FeeRule
+
+log = structlog.get_logger(__name__)
 
 
 def percent_of(amount_minor: int, bps: int) -> int:
@@ -63,3 +66,16 @@ def fee_quote(*, provider: str, method: str, amount: Money, at: datetime | None 
         ),
         rule_id=rule.pk,
     )
+
+
+def processing_fee(*, provider: str, method: str, amount: Money) -> Money:
+    """What the provider keeps from a captured amount, by our fee rules.
+
+    Zero, with a warning, when no rule is configured: a capture is always recorded, and the daily
+    reconciliation against the provider's report shows the fee it really took.
+    """
+    try:
+        return fee_quote(provider=provider, method=method, amount=amount).provider_fee
+    except NotFound:
+        log.warning("fees.no_rule", provider=provider, method=method, currency=amount.currency)
+        return Money(0, amount.currency)

@@ -249,6 +249,7 @@ class Sandbox:
 def _make_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
     class SandboxHTTPHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out in separate writes; kept-alive clients wait on ACKs
 
         def log_message(self, format: str, *args: Any) -> None:
             return

@@ -11,10 +11,14 @@ Kept as Stripe does it:
 - PaymentIntent statuses requires_payment_method / requires_confirmation -> requires_capture (manual) or
   succeeded (automatic); requires_capture -> succeeded (capture, full or partial) or canceled;
 - refunds never exceed the captured amount, transfer reversals never exceed the transfer;
+- connected accounts (`GET /v1/accounts/{id}`) are made and changed by `account_set(sandbox, id, transfers=...)`
+  (or `POST /stripe/_simulate/accounts/{id}`), which sends `account.updated`; a transfer to a known account
+  whose `transfers` capability is not active gets 400 `insufficient_capabilities_for_transfer` (not stored);
 - events (`evt_...`) POSTed to the URL configured for provider "stripe", signed
   `Stripe-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "{t}.{body}">` with settings.STRIPE_WEBHOOK_SECRET.
 
-Simplifications: no minimum amounts per currency, no platform balance, no `expand`, and a charge's
+Simplifications: no minimum amounts per currency, no platform balance, no `expand` (but `data.source` on the
+balance transactions list), and a charge's
 `amount_refunded` counts refunds only (Stripe also counts the part a partial capture released).
 Tests reach the state through `state_of(sandbox)`; `processing_delay_seconds` keeps a request (and its
 idempotency key) in flight for a while, so a concurrent request with the same key can be exercised.
@@ -107,18 +111,22 @@ class StripeState:
     refunds: dict[str, Obj] = field(default_factory=dict)
     transfers: dict[str, Obj] = field(default_factory=dict)
     reversals: dict[str, Obj] = field(default_factory=dict)
+    accounts: dict[str, Obj] = field(default_factory=dict)  # connected accounts; unknown acct_ ids accept transfers
     payment_methods: dict[str, SandboxCard] = field(default_factory=dict)
     idempotency: dict[tuple[str, str], IdempotencyRecord] = field(default_factory=dict)
     events: list[Obj] = field(default_factory=list)  # every event, delivered or not
+    balance_transactions: dict[str, Obj] = field(default_factory=dict)  # txn_...: every movement of money
     processing_delay_seconds: float = 0.0
     idempotency_window_seconds: float = IDEMPOTENCY_WINDOW_SECONDS
 
     def reset(self) -> None:
         for table in (self.payment_intents, self.charges, self.refunds, self.transfers, self.reversals):
             table.clear()
+        self.accounts.clear()
         self.payment_methods.clear()
         self.idempotency.clear()
         self.events.clear()
+        self.balance_transactions.clear()
         self.processing_delay_seconds = 0.0
         self.idempotency_window_seconds = IDEMPOTENCY_WINDOW_SECONDS
 
@@ -171,8 +179,18 @@ def install(sandbox: Sandbox) -> None:
     sandbox.stripe = state  # type: ignore[attr-defined]
     sandbox.resetters.append(state.reset)
     api = StripeApi(sandbox, state)
+    sandbox.stripe_api = api  # type: ignore[attr-defined]
     for method, pattern, operation, action in api.routes():
         sandbox.route(method, f"/stripe/v1/{pattern}", f"stripe.{operation}")(api.endpoint(action, method))
+    sandbox.route("POST", "/stripe/_simulate/accounts/(?P<id>[^/]+)", "_control.stripe.accounts")(api.simulate_account)
+
+
+def account_set(sandbox: Sandbox, account_id: str, *, transfers: str = "active") -> Obj:
+    """Create or update a connected account (its `transfers` capability: active, inactive or pending) and
+    send `account.updated`, as Stripe does when an account finishes (or loses) verification. Over HTTP:
+    `POST /stripe/_simulate/accounts/{id}` with `{"transfers": "active"}`."""
+    api: StripeApi = sandbox.stripe_api  # type: ignore[attr-defined]
+    return api.account_set(account_id, transfers=transfers)
 
 
 def state_of(sandbox: Sandbox) -> StripeState:
@@ -191,6 +209,82 @@ def new_id(prefix: str) -> str:
 
 def _now() -> int:
     return int(time.time())
+
+
+# --- balance transactions: reconciliation reads them; tests place them on a given day
+# Card pricing per currency (basis points, fixed minor units), as Stripe's standard pricing (and our fee rules).
+CARD_FEES: dict[str, tuple[int, int]] = {"usd": (290, 30), "php": (350, 1_500)}
+_BALANCE_TYPES = {  # type -> reporting_category
+    "charge": "charge",
+    "refund": "refund",
+    "transfer": "transfer",
+    "transfer_refund": "transfer_reversal",
+    "adjustment": "other_adjustment",
+}
+_balance_seq = iter(range(1, 10**12))
+
+
+def card_fee(currency: str, amount: int) -> int:
+    bps, fixed = CARD_FEES.get(currency.lower(), (290, 0))
+    return (amount * bps + 5_000) // 10_000 + fixed
+
+
+def _balance_transaction(txn_id: str, type_: str, source: str, amount: int, fee: int, currency: str) -> Obj:
+    created = _now()
+    return {
+        "id": txn_id,
+        "object": "balance_transaction",
+        "amount": amount,
+        "available_on": created + (2 * 86_400 if type_ == "charge" else 0),
+        "created": created,
+        "currency": currency.lower(),
+        "description": None,
+        "exchange_rate": None,
+        "fee": fee,
+        "fee_details": [_stripe_fee(fee, currency)] if fee else [],
+        "net": amount - fee,
+        "reporting_category": _BALANCE_TYPES[type_],
+        "source": source,
+        "status": "pending" if type_ == "charge" else "available",
+        "type": type_,
+        "_seq": next(_balance_seq),  # ties on `created` keep insertion order; never sent
+    }
+
+
+def _stripe_fee(fee: int, currency: str) -> Obj:
+    return {"amount": fee, "currency": currency.lower(), "description": "Stripe processing fees", "type": "stripe_fee"}
+
+
+def _balance_matches(txn: Obj, params: dict[str, str]) -> bool:
+    bounds = {"gte": int.__ge__, "gt": int.__gt__, "lte": int.__le__, "lt": int.__lt__}
+    for op, holds in bounds.items():
+        raw = params.get(f"created[{op}]")
+        if raw is not None and not holds(txn["created"], _integer(params, f"created[{op}]", minimum=0)):
+            return False
+    return all(not params.get(name) or txn[name] == params[name] for name in ("type", "source"))
+
+
+def _query(request: SandboxRequest) -> dict[str, str]:
+    return {key: values[-1] for key, values in request.query.items()}
+
+
+def balance_transaction_set_created(sandbox: Sandbox, txn_id: str, created: int) -> Obj:
+    """Test hook: move a balance transaction to another time (e.g. onto the day being reconciled)."""
+    state = state_of(sandbox)
+    with sandbox.lock:
+        state.balance_transactions[txn_id]["created"] = created
+        return copy.deepcopy(state.balance_transactions[txn_id])
+
+
+def balance_transaction_add(
+    sandbox: Sandbox, *, type_: str, source: str, amount: int, currency: str, created: int, fee: int = 0
+) -> Obj:
+    """Test hook: a movement Stripe reports without a call of ours (e.g. a duplicate or an adjustment)."""
+    txn = _balance_transaction(new_id("txn"), type_, source, amount, fee, currency)
+    txn["created"] = created
+    with sandbox.lock:
+        state_of(sandbox).balance_transactions[txn["id"]] = txn
+    return copy.deepcopy(txn)
 
 
 # --- parameters (form fields; nested keys stay flat, e.g. `metadata[order]`)
@@ -410,6 +504,24 @@ def _reversal(transfer: Obj, amount: int, params: dict[str, str]) -> Obj:
     }
 
 
+def _account(account_id: str) -> Obj:
+    return {
+        "id": account_id,
+        "object": "account",
+        "type": "express",
+        "business_type": "individual",
+        "capabilities": {"card_payments": "active", "transfers": "inactive"},
+        "charges_enabled": False,
+        "payouts_enabled": False,
+        "country": "US",
+        "default_currency": "usd",
+        "details_submitted": True,
+        "created": _now(),
+        "metadata": {},
+        "requirements": {"currently_due": [], "disabled_reason": None, "past_due": []},
+    }
+
+
 def _prepend(listing: Obj, obj: Obj) -> None:
     listing["data"].insert(0, copy.deepcopy(obj))
     listing["total_count"] = len(listing["data"])
@@ -430,9 +542,11 @@ class StripeApi:
             ("POST", f"payment_intents/{object_id}/cancel", "payment_intents.cancel", self.cancel_payment_intent),
             ("POST", "refunds", "refunds.create", self.create_refund),
             ("GET", f"refunds/{object_id}", "refunds.retrieve", self.retrieve_refund),
+            ("GET", "balance_transactions", "balance_transactions.list", self.list_balance_transactions),
             ("POST", "transfers", "transfers.create", self.create_transfer),
             ("GET", f"transfers/{object_id}", "transfers.retrieve", self.retrieve_transfer),
             ("POST", f"transfers/{object_id}/reversals", "transfers.reversals.create", self.create_transfer_reversal),
+            ("GET", f"accounts/{object_id}", "accounts.retrieve", self.retrieve_account),
         ]
 
     # --- the HTTP layer: auth, idempotency, events
@@ -442,7 +556,7 @@ class StripeApi:
             if api_key is None:
                 return _unauthorized(request).response()
             call = Call(
-                params=request.form() if method == "POST" else {},
+                params=request.form() if method == "POST" else _query(request),
                 object_id=match.groupdict().get("id") or "",
                 request_id=new_id("req"),
                 idempotency_key=request.header("idempotency-key") if method == "POST" else "",
@@ -566,6 +680,7 @@ class StripeApi:
             call.emit("payment_intent.amount_capturable_updated", intent)
             return
         _capture_charge(charge, intent["amount"])
+        self._add_balance_transaction(charge, "charge", charge["amount_captured"])
         intent.update(status="succeeded", amount_received=intent["amount"])
         call.emit("payment_intent.succeeded", intent)
 
@@ -598,6 +713,7 @@ class StripeApi:
             )
             raise Refusal(400, message, code="amount_too_large", param="amount_to_capture")
         _capture_charge(self.state.charges[intent["latest_charge"]], amount)
+        self._add_balance_transaction(self.state.charges[intent["latest_charge"]], "charge", amount)
         intent.update(status="succeeded", amount_received=amount, amount_capturable=0)
         intent["metadata"].update(_metadata(call.params))
         call.emit("payment_intent.succeeded", intent)
@@ -629,6 +745,7 @@ class StripeApi:
             raise Refusal(400, message, code="amount_too_large", param="amount")
         refund = _refund(charge, amount, params)
         self.state.refunds[refund["id"]] = refund
+        self._add_balance_transaction(refund, "refund", -amount)
         charge["amount_refunded"] += amount
         charge["refunded"] = charge["amount_refunded"] == charge["amount_captured"]
         _prepend(charge["refunds"], refund)
@@ -653,6 +770,42 @@ class StripeApi:
     def retrieve_refund(self, call: Call) -> Obj:
         return self._find(self.state.refunds, "refund", call.object_id)
 
+    # --- Balance transactions (what reconciliation reads)
+    def _add_balance_transaction(self, source: Obj, type_: str, amount: int) -> None:
+        """Record a movement of money, as Stripe does for every capture, refund, transfer and reversal."""
+        fee = card_fee(source["currency"], amount) if type_ == "charge" else 0
+        txn = _balance_transaction(source["balance_transaction"], type_, source["id"], amount, fee, source["currency"])
+        self.state.balance_transactions[txn["id"]] = txn
+
+    def list_balance_transactions(self, call: Call) -> Obj:
+        """`GET /v1/balance_transactions`: newest first, `created[gte|gt|lte|lt]`, `limit` 1..100 (10),
+        `starting_after`, `type`, `source`, and `expand[]=data.source`."""
+        params = call.params
+        _allow(params, ("created", "limit", "starting_after", "type", "source", "expand"))
+        limit = _integer(params, "limit", default=10)
+        if limit > 100:
+            raise Refusal(400, "This value must be less than or equal to 100.", code="parameter_invalid_integer",
+                          param="limit", stored=False)  # fmt: skip
+        rows = [txn for txn in self.state.balance_transactions.values() if _balance_matches(txn, params)]
+        rows.sort(key=lambda txn: (txn["created"], txn["_seq"]), reverse=True)
+        if params.get("starting_after"):
+            ids = [txn["id"] for txn in rows]
+            if params["starting_after"] not in ids:
+                raise Refusal(404, f"No such balance transaction: '{params['starting_after']}'",
+                              code="resource_missing", param="starting_after", stored=False)  # fmt: skip
+            rows = rows[ids.index(params["starting_after"]) + 1 :]
+        expand = {value for key, value in params.items() if key.startswith("expand")}
+        page = [self._balance_view(txn, "data.source" in expand) for txn in rows[:limit]]
+        listing = {"object": "list", "data": page, "has_more": len(rows) > limit, "url": "/v1/balance_transactions"}
+        return listing
+
+    def _balance_view(self, txn: Obj, expand_source: bool) -> Obj:
+        view = {key: value for key, value in txn.items() if not key.startswith("_")}
+        if expand_source:
+            tables = (self.state.charges, self.state.refunds, self.state.transfers, self.state.reversals)
+            view["source"] = next((table[txn["source"]] for table in tables if txn["source"] in table), txn["source"])
+        return view
+
     # --- Transfers and reversals
     def create_transfer(self, call: Call) -> Obj:
         params = call.params
@@ -662,8 +815,19 @@ class StripeApi:
         if not destination.startswith("acct_"):
             message = f"No such destination: '{destination}'"
             raise Refusal(400, message, code="resource_missing", param="destination", stored=False)
+        account = self.state.accounts.get(destination)
+        if account is not None and account["capabilities"]["transfers"] != "active":
+            # Checked before the endpoint runs, so not stored: the same key succeeds once the account is fixed.
+            message = (
+                f"Your destination account needs to have at least one of the following capabilities enabled: "
+                f"transfers, crypto_transfers, legacy_payments (account {destination})"
+            )
+            raise Refusal(
+                400, message, code="insufficient_capabilities_for_transfer", param="destination", stored=False
+            )
         transfer = _transfer(amount, currency, destination, params)
         self.state.transfers[transfer["id"]] = transfer
+        self._add_balance_transaction(transfer, "transfer", -amount)
         call.emit("transfer.created", transfer)
         return transfer
 
@@ -682,11 +846,39 @@ class StripeApi:
             raise Refusal(400, message, code="amount_too_large", param="amount")
         reversal = _reversal(transfer, amount, call.params)
         self.state.reversals[reversal["id"]] = reversal
+        self._add_balance_transaction(reversal, "transfer_refund", amount)
         transfer["amount_reversed"] += amount
         transfer["reversed"] = transfer["amount_reversed"] == transfer["amount"]
         _prepend(transfer["reversals"], reversal)
         call.emit("transfer.reversed", transfer)
         return reversal
+
+    # --- Connected accounts (escrow sellers)
+    def retrieve_account(self, call: Call) -> Obj:
+        return self._find(self.state.accounts, "account", call.object_id, "account")
+
+    def account_set(self, account_id: str, *, transfers: str) -> Obj:
+        if transfers not in ("active", "inactive", "pending"):
+            raise ValueError(f"transfers capability must be active, inactive or pending, not {transfers!r}")
+        call = Call(
+            params={}, object_id=account_id, request_id=new_id("req"), idempotency_key="", api_version=API_VERSION
+        )
+        with self.sandbox.lock:
+            account = self.state.accounts.setdefault(account_id, _account(account_id))
+            account["capabilities"]["transfers"] = transfers
+            account["charges_enabled"] = account["payouts_enabled"] = transfers == "active"
+            account["requirements"]["disabled_reason"] = None if transfers == "active" else "requirements.past_due"
+            call.emit("account.updated", account)
+            snapshot = copy.deepcopy(account)
+        self._send_events(call)
+        return snapshot
+
+    def simulate_account(self, request: SandboxRequest, match: re.Match[str]) -> SandboxResponse:
+        try:
+            account = self.account_set(match["id"], transfers=str(request.json().get("transfers", "active")))
+        except ValueError as error:
+            return SandboxResponse(400, {"error": {"message": str(error)}})
+        return SandboxResponse(200, account)
 
 
 def _capture_charge(charge: Obj, amount: int) -> None:

@@ -20,7 +20,8 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -29,6 +30,7 @@ import stripe
 from django.conf import settings
 from django.utils import timezone
 
+from core.errors import ProviderUnavailable
 from providers.base import (
     Declined,
     InvalidSignature,
@@ -43,6 +45,7 @@ from providers.config import api_base
 
 if TYPE_CHECKING:
     from stripe.params import (
+        BalanceTransactionListParams,
         PaymentIntentCancelParams,
         PaymentIntentCaptureParams,
         PaymentIntentCreateParams,
@@ -250,6 +253,43 @@ class StripeProviderClient:
     def retrieve_transfer(self, *, transfer_id: str) -> ProviderResult:
         return self._call(lambda: self._stripe.v1.transfers.retrieve(transfer_id), _transfer_result)
 
+    def retrieve_account(self, *, account_id: str) -> ProviderResult:
+        """A connected account; `status` is its `transfers` capability (active, inactive, pending)."""
+        return self._call(lambda: self._stripe.v1.accounts.retrieve(account_id), _account_result)
+
+    # --- Balance transactions (reconciliation)
+    def balance_transaction_pages(
+        self, *, created_gte: int, created_lt: int, page_size: int = 100
+    ) -> Iterator[list[BalanceMovement]]:
+        """Every balance transaction created in [created_gte, created_lt) (unix seconds), one page at a time,
+        newest first, so a caller never holds the day in memory.
+
+        Each source is expanded (`expand[]=data.source`) to name the object that moved the money the way our
+        ledger does: a charge by its PaymentIntent (`pi_...`), refunds, transfers and reversals by their own id.
+        A read moves no money, so a failed page raises `ProviderUnavailable` (the caller starts over).
+        """
+        params: BalanceTransactionListParams = {
+            "created": {"gte": created_gte, "lt": created_lt},
+            "limit": min(max(page_size, 1), 100),
+            "expand": ["data.source"],
+        }
+        while True:
+            try:
+                page = self._stripe.v1.balance_transactions.list(params)
+            except stripe.StripeError as error:
+                raise ProviderUnavailable(
+                    f"listing Stripe balance transactions failed: {error}",
+                    user_message="Stripe's balance report could not be read.",
+                    action_required="Run the reconciliation for this day again later; nothing was changed.",
+                    details={"provider": "stripe", "starting_after": params.get("starting_after")},
+                ) from error
+            rows = [_balance_movement(txn.to_dict()) for txn in page.data]
+            if rows:
+                yield rows
+            if not page.has_more or not rows:
+                return
+            params["starting_after"] = rows[-1].transaction_id
+
     # --- plumbing
     def _call(
         self, send: Callable[[], stripe.StripeObject], to_result: Callable[[dict[str, Any]], ProviderResult]
@@ -288,6 +328,39 @@ def outcome_of_stripe_error(error: stripe.StripeError) -> Declined | Unknown:
     return Unknown(reason=f"Stripe answered {error.http_status}: {message}", raw=raw)
 
 
+@dataclass(frozen=True)
+class BalanceMovement:
+    """One Stripe balance transaction, read for reconciliation; amounts signed, in minor units."""
+
+    transaction_id: str  # txn_...
+    reference: str  # what moved the money, as our ledger names it: pi_, re_, tr_, trr_ (else the source id)
+    type: str
+    amount_minor: int
+    fee_minor: int
+    net_minor: int
+    currency: str  # upper case, as ours
+    status: str
+    created: int
+
+
+def _balance_movement(txn: dict[str, Any]) -> BalanceMovement:
+    source = txn.get("source")
+    reference = source.get("id", "") if isinstance(source, dict) else str(source or "")
+    if isinstance(source, dict) and source.get("object") == "charge" and source.get("payment_intent"):
+        reference = str(source["payment_intent"])
+    return BalanceMovement(
+        transaction_id=txn["id"],
+        reference=reference,
+        type=txn["type"],
+        amount_minor=int(txn["amount"]),
+        fee_minor=int(txn["fee"]),
+        net_minor=int(txn["net"]),
+        currency=str(txn["currency"]).upper(),
+        status=txn["status"],
+        created=int(txn["created"]),
+    )
+
+
 def _intent_result(intent: dict[str, Any]) -> ProviderResult:
     if intent["status"] in PENDING_INTENT_STATUSES:
         return Pending(reference=intent["id"], status=intent["status"], raw=intent)
@@ -310,6 +383,11 @@ def _transfer_result(transfer: dict[str, Any]) -> ProviderResult:
 
 def _reversal_result(reversal: dict[str, Any]) -> ProviderResult:
     return Succeeded(reference=reversal["id"], status="reversed", raw=reversal)
+
+
+def _account_result(account: dict[str, Any]) -> ProviderResult:
+    transfers = (account.get("capabilities") or {}).get("transfers") or "inactive"
+    return Succeeded(reference=account["id"], status=transfers, raw=account)
 
 
 def verify_webhook(

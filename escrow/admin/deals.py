@@ -1,0 +1,103 @@
+"""Finance staff UI for escrow deals, seller accounts and commission tiers.
+
+Money, statuses and provider references are read-only. Changes to deals are actions that call one
+escrow.deals service per deal with request.user (which checks the permission itself) and report each
+outcome, or the AppError's user_message and action_required. Tiers and seller accounts are configuration:
+editable, every change audited, never deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from core.admin import ReadOnlyAdmin
+from core.errors import AppError
+from core.money import Money
+from escrow.deals import deal_cancel, deal_release, deal_release_approve, deal_transfer_retry
+from escrow.models import CommissionTier, EscrowDeal, SellerAccount
+from providers.admin import AuditedConfigAdmin
+
+
+@admin.register(CommissionTier)
+class CommissionTierAdmin(AuditedConfigAdmin):
+    list_display = ("name", "rate_bps", "rate_percent", "active", "updated_at")
+    list_filter = ("active",)
+    search_fields = ("name",)
+
+    @admin.display(description="Rate")
+    def rate_percent(self, tier: CommissionTier) -> str:
+        return f"{tier.rate_bps / 100:g}%"
+
+
+@admin.register(SellerAccount)
+class SellerAccountAdmin(AuditedConfigAdmin):
+    list_display = ("stripe_account_id", "user", "commission_tier", "can_receive_transfers", "account_updated_at")
+    list_filter = ("can_receive_transfers", "commission_tier")
+    search_fields = ("stripe_account_id", "user__username", "user__email")
+    raw_id_fields = ("user",)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        kept_by_stripe = ("can_receive_transfers", "account_updated_at")
+        return (*kept_by_stripe, "user", "stripe_account_id") if obj is not None else kept_by_stripe
+
+
+@admin.register(EscrowDeal)
+class EscrowDealAdmin(ReadOnlyAdmin):
+    list_display = ("id", "status", "buyer", "seller_account", "amount", "commission", "deadline", "hold_mode",
+                    "transfer_attempts", "next_transfer_at", "updated_at")  # fmt: skip
+    list_filter = ("status", "hold_mode", "timeout_policy", "currency")
+    search_fields = (
+        "=id",
+        "=payment_intent_id",
+        "=transfer_id",
+        "=transfer_group",
+        "seller_account__stripe_account_id",
+    )
+    list_select_related = ("buyer", "seller_account")
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+    actions = ("release", "approve_release", "refund", "retry_transfer")
+
+    @admin.display(description="Amount")
+    def amount(self, deal: EscrowDeal) -> str:
+        return Money(deal.amount_minor, deal.currency).format()
+
+    @admin.display(description="Commission")
+    def commission(self, deal: EscrowDeal) -> str:
+        return f"{Money(deal.commission_minor, deal.currency).format()} ({deal.commission_bps / 100:g}%)"
+
+    def _each(self, request: HttpRequest, queryset: QuerySet[EscrowDeal], verb: str, call: Callable) -> None:
+        for deal in queryset.order_by("pk"):
+            try:
+                after = call(deal)
+            except AppError as error:
+                self.message_user(
+                    request, f"Deal {deal.pk}: {error.user_message} {error.action_required}", messages.ERROR
+                )
+                continue
+            level = messages.WARNING if after.status == EscrowDeal.Status.TRANSFER_FAILED else messages.SUCCESS
+            detail = f" ({after.failure_reason})" if after.failure_reason else ""
+            self.message_user(request, f"Deal {deal.pk}: {verb}; now {after.status.replace('_', ' ')}{detail}.", level)
+
+    @admin.action(description="Release to the seller (capture and transfer)")
+    def release(self, request: HttpRequest, queryset: QuerySet[EscrowDeal]) -> None:
+        self._each(request, queryset, "release asked", lambda d: deal_release(deal_id=d.pk, actor=request.user))
+
+    @admin.action(description="Approve release (a second person)")
+    def approve_release(self, request: HttpRequest, queryset: QuerySet[EscrowDeal]) -> None:
+        self._each(request, queryset, "approved", lambda d: deal_release_approve(deal_id=d.pk, approver=request.user))
+
+    @admin.action(description="Cancel and refund the buyer")
+    def refund(self, request: HttpRequest, queryset: QuerySet[EscrowDeal]) -> None:
+        self._each(request, queryset, "refund asked", lambda d: deal_cancel(deal_id=d.pk, actor=request.user))
+
+    @admin.action(description="Retry transfer now (same key)")
+    def retry_transfer(self, request: HttpRequest, queryset: QuerySet[EscrowDeal]) -> None:
+        self._each(
+            request, queryset, "transfer retried", lambda d: deal_transfer_retry(deal_id=d.pk, actor=request.user)
+        )

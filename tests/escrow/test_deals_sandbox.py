@@ -1,0 +1,85 @@
+"""The Stripe sandbox's connected accounts, through the real client over HTTP, and escrow steps whose
+outcome was unknown being finished by the sync with the same keys."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+
+from escrow.deals import deal_cancel, deal_release, deal_sync, deals_sync_due
+from escrow.models import EscrowDeal
+from providers.base import Declined, Succeeded
+from providers.breaker import shared_redis
+from providers.sandbox import stripe as stripe_sandbox
+from providers.sandbox.server import Fault
+from providers.stripe.client import StripeProviderClient
+from tests.escrow.factories_deals import UserFactory, escrow_balances, held_deal, seller, stripe_fee_kept
+
+Status = EscrowDeal.Status
+
+
+@pytest.fixture(autouse=True)
+def _isolated(settings):
+    prefix = settings.PROVIDER_STATE_KEY_PREFIX = f"test:escrow-sandbox:{uuid.uuid4().hex}"
+    settings.PROVIDER_RETRY_ATTEMPTS = 1
+    yield
+    client = shared_redis()
+    for key in client.scan_iter(f"{prefix}:*") if client else []:
+        client.delete(key)
+
+
+def test_a_transfer_to_an_account_without_the_capability_is_refused_and_not_stored(sandbox):
+    response = httpx.post(f"{sandbox.url}/stripe/_simulate/accounts/acct_seller1", json={"transfers": "inactive"})
+    assert response.status_code == 200 and response.json()["capabilities"]["transfers"] == "inactive"
+    with StripeProviderClient() as stripe:
+        account = stripe.retrieve_account(account_id="acct_seller1")
+        assert isinstance(account, Succeeded) and (account.reference, account.status) == ("acct_seller1", "inactive")
+        refused = stripe.create_transfer(amount_minor=900, currency="USD", destination="acct_seller1",
+                                         idempotency_key="escrow:1:transfer")  # fmt: skip
+        assert isinstance(refused, Declined) and refused.code == "insufficient_capabilities_for_transfer"
+        assert refused.raw["param"] == "destination"
+        stripe_sandbox.account_set(sandbox, "acct_seller1", transfers="active")
+        accepted = stripe.create_transfer(amount_minor=900, currency="USD", destination="acct_seller1",
+                                          idempotency_key="escrow:1:transfer")  # fmt: skip
+        assert isinstance(accepted, Succeeded)
+        replayed = stripe.create_transfer(amount_minor=900, currency="USD", destination="acct_seller1",
+                                          idempotency_key="escrow:1:transfer")  # fmt: skip
+        assert replayed == accepted and len(stripe_sandbox.state_of(sandbox).transfers) == 1
+        assert isinstance(stripe.retrieve_account(account_id="acct_nobody"), Declined)
+    updates = [e for e in stripe_sandbox.state_of(sandbox).events if e["type"] == "account.updated"]
+    assert [e["data"]["object"]["capabilities"]["transfers"] for e in updates] == ["inactive", "active"]
+
+
+@pytest.mark.django_db
+def test_an_unknown_capture_keeps_the_deal_releasing_until_the_sync_finishes_it(sandbox):
+    buyer, account = UserFactory(), seller(sandbox, rate_bps=800)
+    deal = held_deal(buyer, account, amount_minor=10_000)
+    sandbox.add_fault(Fault(operation="stripe.payment_intents.capture", kind="error", status=502))
+
+    deal = deal_release(deal_id=deal.pk, actor=buyer)
+    assert deal.status == Status.RELEASING and deal.next_sync_at is not None and deal.sync_attempts == 1
+    assert escrow_balances()["clearing"] == escrow_balances()["fees"] == 0  # nothing recorded as captured
+    assert deals_sync_due() == 0  # not due yet: the next look is in 5 minutes
+
+    deal = deal_sync(deal_id=deal.pk)
+    assert deal.status == Status.TRANSFERRED
+    assert sandbox.calls["stripe.payment_intents.capture"] == 2  # the same request, same key, sent again
+    fee = 320  # Stripe's fee, posted once although the capture was sent twice: 2.9% of 10,000 = 290, plus 30
+    assert escrow_balances() == {
+        "authorized": 0, "held": 0, "payable": 0, "commission": 800, "clearing": 800 - fee, "fees": fee,
+    }  # fmt: skip
+    assert stripe_fee_kept(sandbox, deal.payment_intent_id) == fee
+
+
+@pytest.mark.django_db
+def test_an_unknown_void_keeps_the_deal_refunding_until_the_sync_finishes_it(sandbox):
+    account = seller(sandbox)
+    deal = held_deal(UserFactory(), account, amount_minor=5_000)
+    sandbox.add_fault(Fault(operation="stripe.payment_intents.cancel", kind="error", status=500))
+    deal = deal_cancel(deal_id=deal.pk, actor=account.user)
+    assert deal.status == Status.REFUNDING and "unknown" in deal.failure_reason
+    deal = deal_sync(deal_id=deal.pk)
+    assert deal.status == Status.REFUNDED and escrow_balances()["held"] == 0
+    assert sandbox.calls["stripe.payment_intents.cancel"] == 2
