@@ -156,6 +156,7 @@ def payment_mark_succeeded(*, payment_pk: int, provider_reference: str) -> bool:
             return False
         if not _transition(payment, Payment.Status.SUCCEEDED, provider_reference=provider_reference, next_sync_at=None):
             raise InvalidStateTransition(f"payment {payment.reference} is {payment.status}, cannot succeed")
+        payment.provider_reference = provider_reference  # the row was updated above; reconciliation reads it
         _post_payment(payment)
     return True
 
@@ -187,7 +188,11 @@ def _post_payment(payment: Payment) -> None:
         kind="customer_payment",
         legs=legs,
         description=f"Payment {payment.reference} via {payment.provider}",
-        metadata={"payment": payment.reference, "provider_reference": payment.provider_reference},
+        metadata={
+            "payment": payment.reference,
+            "provider": payment.provider,
+            "provider_reference": payment.provider_reference,
+        },
     )
 
 
@@ -324,7 +329,12 @@ def _refund_succeeded(refund: Refund, result: Succeeded | Pending) -> None:
             kind="customer_refund",
             legs=[debit(accounts["owed"], amount), credit(accounts["clearing"], amount)],
             description=f"Refund of payment {payment.reference}",
-            metadata={"payment": payment.reference, "refund": refund.pk},
+            metadata={
+                "payment": payment.reference,
+                "refund": refund.pk,
+                "provider": payment.provider,
+                "provider_reference": result.reference,
+            },
         )
 
 
