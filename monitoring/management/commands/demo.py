@@ -8,10 +8,12 @@ references, so re-running shows new activity without double-posting the seed.
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.test import Client
@@ -19,6 +21,10 @@ from django.utils import timezone
 
 from core.errors import AppError
 from core.money import Money
+from core.roles import roles_sync
+from escrow.deals import deal_cancel, deal_create, deal_release
+from escrow.models import CommissionTier, PurchasableService, SellerAccount, ServicePrice, SpendLimit
+from escrow.purchases import purchase_create, purchase_report_delivery
 from ledger.integrity import ledger_integrity_report
 from ledger.models import Account
 from ledger.selectors import account_balance
@@ -32,8 +38,10 @@ from ledger.services import (
     transaction_post,
     transaction_reverse,
 )
+from monitoring.reconciliation import reconciliation_run
 from providers.payments import payment_initiate, refund_request
 from providers.routing import Choice
+from providers.sandbox import stripe as stripe_sandbox
 from providers.sandbox.server import Sandbox
 
 ADMIN_USERNAME = "finance-admin"
@@ -66,7 +74,11 @@ class Command(BaseCommand):
         self.seed()
         run_id = timezone.now().strftime("%Y%m%d%H%M%S%f")
         self.run_lifecycle(run_id=run_id)
+        self.start_sandbox()
         self.run_payments(run_id=run_id)
+        self.run_escrow(run_id=run_id)
+        self.run_purchases(run_id=run_id)
+        self.run_reconciliation()
         self.print_balances()
         self.check_ledger()
         if options["smoke"]:
@@ -123,10 +135,10 @@ class Command(BaseCommand):
             debit_account_code=alice,
             credit_account_code=bob,
             amount=usd(12_000),
-            kind="escrow_hold",
-            description="Alice buys a used camera from Bob (held in escrow)",
+            kind="wallet_hold",
+            description="Alice reserves wallet money for an order from Bob",
         )
-        step(f"held {usd(12_000)} from alice for bob (hold #{deal.pk})")
+        step(f"held {usd(12_000)} of alice's wallet for bob (hold #{deal.pk})")
         capture = hold_post(hold_id=deal.pk, amount=usd(10_000))
         step(f"captured {usd(10_000)} of it, released the rest (transaction #{capture.pk})")
         commission = transaction_post(
@@ -142,7 +154,7 @@ class Command(BaseCommand):
             debit_account_code=alice,
             credit_account_code=bob,
             amount=usd(3_000),
-            kind="escrow_hold",
+            kind="wallet_hold",
             description="An order Alice cancelled",
         )
         hold_void(hold_id=cancelled.pk)
@@ -166,12 +178,14 @@ class Command(BaseCommand):
         except AppError as error:
             step(f"refused as expected: {error.user_message} {error.action_required}")
 
-    def run_payments(self, run_id: str) -> None:
-        """A card payment through the provider sandbox (real HTTP, the real Stripe SDK), then a refund."""
-        sandbox = Sandbox()
-        settings.SANDBOX_URL = sandbox.start()
+    def start_sandbox(self) -> None:
+        self.sandbox = Sandbox()
+        settings.SANDBOX_URL = self.sandbox.start()
         settings.PROVIDER_MODE = "sandbox"
         self.stdout.write(f"provider sandbox listening on {settings.SANDBOX_URL}")
+
+    def run_payments(self, run_id: str) -> None:
+        """A card payment through the provider sandbox (real HTTP, the real Stripe SDK), then a refund."""
         admin = get_user_model().objects.get(username=ADMIN_USERNAME)
         buyer = get_user_model().objects.get(username="alice")
         payment = payment_initiate(
@@ -188,6 +202,85 @@ class Command(BaseCommand):
         self.stdout.write(f"refunded {Money(refund.amount_minor, 'USD')}: {refund.status}")
         if payment.status != "succeeded" or refund.status != "succeeded":
             raise CommandError("the sandbox payment lifecycle did not complete")
+
+    def run_escrow(self, run_id: str) -> None:
+        """An escrow deal released to a seller minus commission, and one the seller cancels (refunded)."""
+        buyer = get_user_model().objects.get(username="alice")
+        seller_user, _ = get_user_model().objects.get_or_create(username="dana")
+        account_id = "acct_demoSellerDana"
+        stripe_sandbox.account_set(self.sandbox, account_id, transfers="active")
+        seller, _ = SellerAccount.objects.get_or_create(
+            user=seller_user,
+            defaults={"stripe_account_id": account_id, "commission_tier": CommissionTier.objects.get(name="growth")},
+        )
+        deadline = timezone.now() + timedelta(days=3)
+        terms = {"deadline": deadline, "timeout_policy": "refund", "payment_method": "pm_card_visa"}
+        deal = deal_create(
+            buyer=buyer,
+            seller_account=account_id,
+            amount=Money(12_000, "USD"),
+            client_key=f"demo:{run_id}:deal",
+            **terms,
+        )
+        deal = deal_release(deal_id=deal.pk, actor=buyer)
+        commission = Money(deal.commission_minor, "USD")
+        self.stdout.write(f"escrow deal #{deal.pk}: {deal.status}, dana paid {Money(deal.seller_net_minor, 'USD')} "
+                          f"after {commission} commission ({deal.commission_bps / 100:g}%)")  # fmt: skip
+        cancelled = deal_create(
+            buyer=buyer,
+            seller_account=account_id,
+            amount=Money(3_000, "USD"),
+            client_key=f"demo:{run_id}:deal2",
+            **terms,
+        )
+        cancelled = deal_cancel(deal_id=cancelled.pk, actor=seller.user, reason="out of stock")
+        self.stdout.write(f"escrow deal #{cancelled.pk}: cancelled by the seller, {cancelled.status}")
+        if (deal.status, cancelled.status) != ("transferred", "refunded"):
+            raise CommandError("the escrow lifecycle did not complete")
+
+    def run_purchases(self, run_id: str) -> None:
+        """A phone verification delivered (captured), one that failed (voided), and a spend limit refusing one."""
+        buyer = get_user_model().objects.get(username="alice")
+        service, _ = PurchasableService.objects.get_or_create(
+            code="phone-verification",
+            defaults={"name": "Phone verification", "delivery_timeout": timedelta(minutes=15)},
+        )
+        ServicePrice.objects.get_or_create(service=service, currency="USD", defaults={"amount_minor": 150})
+        delivery, _ = get_user_model().objects.get_or_create(username="verification-service")
+        roles_sync()
+        delivery.groups.add(Group.objects.get(name="Service delivery"))
+        delivery = get_user_model().objects.get(pk=delivery.pk)
+        outcomes = []
+        for n, outcome in enumerate(("delivered", "failed")):
+            purchase = purchase_create(
+                buyer=buyer, service_code=service.code, currency="USD", payment_method="pm_card_visa",
+                client_key=f"demo:{run_id}:purchase{n}",
+            )  # fmt: skip
+            purchase = purchase_report_delivery(purchase_id=purchase.pk, actor=delivery, outcome=outcome)
+            outcomes.append(purchase.status)
+            self.stdout.write(f"purchase #{purchase.pk} ({service.name}) {outcome}: {purchase.status}")
+        if outcomes != ["captured", "voided"]:
+            raise CommandError("the purchase lifecycle did not complete")
+        SpendLimit.objects.get_or_create(
+            scope=SpendLimit.Scope.USER, user=None, currency="USD", window=SpendLimit.Window.DAY, active=True,
+            defaults={"max_amount_minor": 500_000, "description": "Demo: USD 5,000 per user per day"},
+        )  # fmt: skip
+        try:
+            deal_create(
+                buyer=buyer, seller_account="acct_demoSellerDana", amount=Money(900_000, "USD"),
+                deadline=timezone.now() + timedelta(days=3), timeout_policy="refund", payment_method="pm_card_visa",
+                client_key=f"demo:{run_id}:too-much",
+            )  # fmt: skip
+        except AppError as error:
+            self.stdout.write(f"refused as expected: {error.user_message} {error.action_required}")
+
+    def run_reconciliation(self) -> None:
+        """Today's Stripe movements: our ledger vs the sandbox's balance transactions vs our records."""
+        run = reconciliation_run(day=timezone.now().date(), provider="stripe", trigger="command")
+        self.stdout.write(
+            f"reconciliation of {run.date} (stripe): {run.status}, {run.matched_count} matched, "
+            f"{run.issue_count} issue(s)" + (" (earlier demo runs used another sandbox)" if run.issue_count else "")
+        )
 
     def print_balances(self) -> None:
         self.stdout.write("\nbalances:")
@@ -207,7 +300,18 @@ class Command(BaseCommand):
         client = Client()
         if not client.login(username=ADMIN_USERNAME, password=password):
             raise CommandError("could not sign in to the admin with the demo credentials")
-        for url in ("/admin/", "/admin/ledger/account/", "/admin/ledger/transaction/", "/api/schema/"):
+        for url in (
+            "/admin/",
+            "/admin/ledger/account/",
+            "/admin/ledger/transaction/",
+            "/admin/escrow/escrowdeal/",
+            "/admin/escrow/purchase/",
+            "/admin/escrow/spendlimit/",
+            "/admin/monitoring/reconciliationrun/",
+            "/admin/monitoring/reconciliationissue/",
+            "/admin/core/alert/",
+            "/api/schema/",
+        ):
             status = client.get(url).status_code
             if status != 200:
                 raise CommandError(f"GET {url} answered {status}")
