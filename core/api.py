@@ -1,15 +1,17 @@
-"""DRF plumbing: the one error body, and Idempotency-Key handling for POSTs."""
+"""DRF plumbing: the one error body, Idempotency-Key handling for POSTs, and the schema pieces views share."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -26,6 +28,29 @@ from core.services import (
 )
 
 log = structlog.get_logger(__name__)
+
+IDEMPOTENCY_KEY_HEADER = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    required=True,
+    description="Unique per request; a repeat within 24 h replays the first response.",
+)
+
+
+class MinorUnitsField(serializers.IntegerField):
+    """An amount in minor units: a JSON integer only; 12.0, "12" and true are refused (never floats)."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if type(data) is not int:
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+def error_responses(texts: Mapping[int, str], *codes: int) -> dict[int, OpenApiResponse]:
+    """Schema entries for the error statuses a view can answer, each with the one error body."""
+    return {code: OpenApiResponse(ErrorSerializer, description=texts[code]) for code in codes}
+
 
 _DRF_USER_MESSAGES = {
     401: ("You are not signed in.", "Sign in, or send a valid API token, and try again."),

@@ -581,9 +581,10 @@ def _locked_hold(hold_id: int) -> Hold:
 
 
 @retry_on_conflict
-def hold_post(*, hold_id: int, amount: Money | None = None) -> Transaction:
+def hold_post(*, hold_id: int, amount: Money | None = None, metadata: dict[str, Any] | None = None) -> Transaction:
     """Post a pending hold, fully or partly; the unposted rest is released.
 
+    `metadata` adds to the hold's own on the posting (e.g. the provider reference of the money that moved).
     Posting an already posted hold for the same amount returns its transaction.
     """
     hold = _locked_hold(hold_id)
@@ -605,7 +606,7 @@ def hold_post(*, hold_id: int, amount: Money | None = None) -> Transaction:
         kind=hold.kind,
         legs=[debit(hold.debit_account.code, money), credit(hold.credit_account.code, money)],
         description=hold.description,
-        metadata={**hold.metadata, "hold_id": hold.pk},
+        metadata={**hold.metadata, **(metadata or {}), "hold_id": hold.pk},
         event_at=timezone.now(),
         settle_hold=hold,
     )

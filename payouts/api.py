@@ -21,7 +21,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.api import ErrorSerializer, IdempotentMixin
+from core.api import IDEMPOTENCY_KEY_HEADER, IdempotentMixin, error_responses
 from core.errors import NotFound, RateLimited
 from payouts.models import PayoutBatch, PayoutItem
 from payouts.selectors import StatusProgress, progress_by_batch
@@ -32,13 +32,6 @@ app_name = "payouts-api"
 DISBURSE_RATE = "1/m"
 DISBURSE_RATE_PERIOD_SECONDS = 60
 
-IDEMPOTENCY_KEY = OpenApiParameter(
-    "Idempotency-Key",
-    str,
-    OpenApiParameter.HEADER,
-    required=True,
-    description="Unique per request; a repeat within 24 h replays the first response.",
-)
 RETRY_AFTER = OpenApiParameter(
     "Retry-After", int, OpenApiParameter.HEADER, response=[429], description="Seconds to wait before trying again."
 )
@@ -56,7 +49,7 @@ _ERROR_TEXT = {
 
 
 def _errors(*codes: int) -> dict[int, OpenApiResponse]:
-    return {code: OpenApiResponse(ErrorSerializer, description=_ERROR_TEXT[code]) for code in codes}
+    return error_responses(_ERROR_TEXT, *codes)
 
 
 # --- serializers ---------------------------------------------------------------------------
@@ -151,7 +144,7 @@ class CycleDisburseView(IdempotentMixin, _StaffView):
         tags=["payouts"],
         summary="Disburse a cycle: prepare its batches and send those needing no further approval",
         request=None,
-        parameters=[IDEMPOTENCY_KEY, RETRY_AFTER],
+        parameters=[IDEMPOTENCY_KEY_HEADER, RETRY_AFTER],
         responses={200: CycleBatchesSerializer, **_errors(400, 401, 403, 404, 409, 422, 423, 429, 503)},
     )
     def post(self, request: Request, cycle_id: int) -> Response:
@@ -164,7 +157,7 @@ class CyclePrepareView(IdempotentMixin, _StaffView):
         tags=["payouts"],
         summary="Prepare a cycle's batches and reserve their money (same winners, same batches)",
         request=None,
-        parameters=[IDEMPOTENCY_KEY],
+        parameters=[IDEMPOTENCY_KEY_HEADER],
         responses={200: CycleBatchesSerializer, **_errors(400, 401, 403, 404, 409, 422, 423)},
     )
     def post(self, request: Request, cycle_id: int) -> Response:
@@ -186,7 +179,7 @@ class BatchApproveView(IdempotentMixin, _StaffView):
         tags=["payouts"],
         summary="Approve a prepared batch (a different staff user than the one who prepared it)",
         request=None,
-        parameters=[IDEMPOTENCY_KEY],
+        parameters=[IDEMPOTENCY_KEY_HEADER],
         responses={200: PayoutBatchSerializer, **_errors(400, 401, 403, 404, 409, 422)},
     )
     def post(self, request: Request, batch_id: int) -> Response:
@@ -199,7 +192,7 @@ class BatchExecuteView(IdempotentMixin, _StaffView):
         tags=["payouts"],
         summary="Send an approved batch to its provider, once",
         request=None,
-        parameters=[IDEMPOTENCY_KEY],
+        parameters=[IDEMPOTENCY_KEY_HEADER],
         responses={200: PayoutBatchSerializer, **_errors(400, 401, 403, 404, 409, 422, 423, 503)},
     )
     def post(self, request: Request, batch_id: int) -> Response:
@@ -212,7 +205,7 @@ class BatchRetryFailedView(IdempotentMixin, _StaffView):
         tags=["payouts"],
         summary="Prepare a retry batch for the winners this batch did not pay",
         request=None,
-        parameters=[IDEMPOTENCY_KEY],
+        parameters=[IDEMPOTENCY_KEY_HEADER],
         responses={200: CycleBatchesSerializer, **_errors(400, 401, 403, 404, 409, 422, 423)},
     )
     def post(self, request: Request, batch_id: int) -> Response:

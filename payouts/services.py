@@ -444,7 +444,8 @@ def _ledger_follow(item: PayoutItem, was_paid: bool) -> None:
     if item.hold_id is None:
         return
     if item.status == PayoutItem.Status.SUCCESS:
-        hold_post(hold_id=item.hold_id)
+        provider = {"provider": item.batch.provider, "provider_reference": item.provider_item_id}
+        hold_post(hold_id=item.hold_id, metadata=provider)
     elif was_paid:  # returned, refunded or reversed after success: the money came back
         posted = Hold.objects.get(pk=item.hold_id).posted_transaction_id
         if posted is not None:

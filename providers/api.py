@@ -16,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.api import IdempotentMixin
+from core.api import IDEMPOTENCY_KEY_HEADER, IdempotentMixin, MinorUnitsField
 from core.errors import NotFound
 from core.money import Money, MoneyError
 from providers.models import CustomerDefaultMethod, PaymentMethod, Provider
@@ -24,11 +24,9 @@ from providers.models import Payment as PaymentRow
 from providers.payments import payment_initiate, payment_sync, refund_request
 from providers.routing import Choice, route_payment
 
-IDEMPOTENCY_HEADER = OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=True)
-
 
 class MoneyField(serializers.Serializer):
-    amount_minor = serializers.IntegerField(min_value=1)
+    amount_minor = serializers.IntegerField(min_value=1)  # also read from query strings (MethodQuerySerializer)
     currency = serializers.CharField(min_length=3, max_length=3)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -44,6 +42,7 @@ def _choice(provider: str | None, method: str | None) -> Choice | None:
 
 
 class PaymentCreateSerializer(MoneyField):
+    amount_minor = MinorUnitsField(min_value=1)  # a JSON body: an integer, never a float or a string
     provider = serializers.ChoiceField(choices=Provider.choices, required=False, help_text="Explicit choice.")
     method = serializers.CharField(required=False)
     preferred_provider = serializers.ChoiceField(choices=Provider.choices, required=False)
@@ -62,7 +61,7 @@ class PaymentSerializer(serializers.ModelSerializer):
 
 
 class RefundCreateSerializer(serializers.Serializer):
-    amount_minor = serializers.IntegerField(min_value=1, required=False, help_text="Omit to refund the rest.")
+    amount_minor = MinorUnitsField(min_value=1, required=False, help_text="Omit to refund the rest.")
 
 
 class RefundSerializer(serializers.Serializer):
@@ -95,7 +94,9 @@ def _own_payment(request: Request, reference: str) -> PaymentRow:
 
 
 class PaymentCreateView(IdempotentMixin, APIView):
-    @extend_schema(request=PaymentCreateSerializer, responses={201: PaymentSerializer}, parameters=[IDEMPOTENCY_HEADER])
+    @extend_schema(
+        request=PaymentCreateSerializer, responses={201: PaymentSerializer}, parameters=[IDEMPOTENCY_KEY_HEADER]
+    )
     def post(self, request: Request) -> Response:
         body = PaymentCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -126,7 +127,9 @@ class PaymentDetailView(APIView):
 
 
 class RefundCreateView(IdempotentMixin, APIView):
-    @extend_schema(request=RefundCreateSerializer, responses={201: RefundSerializer}, parameters=[IDEMPOTENCY_HEADER])
+    @extend_schema(
+        request=RefundCreateSerializer, responses={201: RefundSerializer}, parameters=[IDEMPOTENCY_KEY_HEADER]
+    )
     def post(self, request: Request, reference: str) -> Response:
         payment = _own_payment(request, reference)
         body = RefundCreateSerializer(data=request.data)

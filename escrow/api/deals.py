@@ -11,24 +11,17 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import Q, QuerySet
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.api import ErrorSerializer, IdempotentMixin
+from core.api import IDEMPOTENCY_KEY_HEADER, IdempotentMixin, MinorUnitsField, error_responses
 from core.errors import NotFound
 from escrow.deals import deal_cancel, deal_create, deal_release, deal_release_approve, money_of
 from escrow.models import EscrowDeal
 
-IDEMPOTENCY_KEY = OpenApiParameter(
-    "Idempotency-Key",
-    str,
-    OpenApiParameter.HEADER,
-    required=True,
-    description="Unique per request; a repeat within 24 h replays the first response.",
-)
 _ERROR_TEXT = {
     400: "Invalid request, or no Idempotency-Key.",
     401: "Not authenticated.",
@@ -43,16 +36,7 @@ _ERROR_TEXT = {
 
 
 def _errors(*codes: int) -> dict[int, OpenApiResponse]:
-    return {code: OpenApiResponse(ErrorSerializer, description=_ERROR_TEXT[code]) for code in codes}
-
-
-class MinorUnitsField(serializers.IntegerField):
-    """An integer in minor units: JSON numbers only; 12.0, "12" and true are refused."""
-
-    def to_internal_value(self, data: Any) -> int:
-        if type(data) is not int:
-            self.fail("invalid")
-        return super().to_internal_value(data)
+    return error_responses(_ERROR_TEXT, *codes)
 
 
 class DealCreateSerializer(serializers.Serializer):
@@ -118,7 +102,7 @@ class DealListCreateView(IdempotentMixin, generics.ListAPIView):
     @extend_schema(
         summary="Open a deal: hold the buyer's money until release, cancel or timeout",
         request=DealCreateSerializer,
-        parameters=[IDEMPOTENCY_KEY],
+        parameters=[IDEMPOTENCY_KEY_HEADER],
         responses={201: DealSerializer, **_errors(400, 401, 404, 409, 422, 429, 503)},
     )
     def post(self, request: Request) -> Response:
@@ -148,7 +132,7 @@ class DealReleaseView(IdempotentMixin, APIView):
         tags=["escrow"],
         summary="Release the money to the seller (the buyer, or finance staff); large amounts wait for approval",
         request=None,
-        parameters=[IDEMPOTENCY_KEY],
+        parameters=[IDEMPOTENCY_KEY_HEADER],
         responses={200: DealSerializer, **_errors(400, 401, 403, 404, 409, 422, 423, 503)},
     )
     def post(self, request: Request, deal_id: int) -> Response:
@@ -161,7 +145,7 @@ class DealCancelView(IdempotentMixin, APIView):
         tags=["escrow"],
         summary="Cancel before release and give the buyer the money back (the seller, or finance staff)",
         request=DealCancelSerializer,
-        parameters=[IDEMPOTENCY_KEY],
+        parameters=[IDEMPOTENCY_KEY_HEADER],
         responses={200: DealSerializer, **_errors(400, 401, 403, 404, 409, 422, 423, 503)},
     )
     def post(self, request: Request, deal_id: int) -> Response:
@@ -177,7 +161,7 @@ class DealApproveView(IdempotentMixin, APIView):
         tags=["escrow"],
         summary="Approve a large release (finance approver, not the one who asked for it)",
         request=None,
-        parameters=[IDEMPOTENCY_KEY],
+        parameters=[IDEMPOTENCY_KEY_HEADER],
         responses={200: DealSerializer, **_errors(400, 401, 403, 404, 409, 422, 423, 503)},
     )
     def post(self, request: Request, deal_id: int) -> Response:

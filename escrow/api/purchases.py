@@ -12,13 +12,13 @@ from typing import Any
 
 from django.db.models import QuerySet
 from django.urls import path
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.api import ErrorSerializer, IdempotentMixin
+from core.api import IDEMPOTENCY_KEY_HEADER, IdempotentMixin, MinorUnitsField, error_responses
 from core.errors import NotFound
 from core.money import Money
 from escrow.models import Purchase, PurchaseRefund
@@ -26,13 +26,6 @@ from escrow.purchases import purchase_cancel, purchase_create, purchase_refund, 
 
 app_name = "purchases-api"
 
-IDEMPOTENCY_KEY = OpenApiParameter(
-    "Idempotency-Key",
-    str,
-    OpenApiParameter.HEADER,
-    required=True,
-    description="Unique per request; a repeat within 24 h replays the first response.",
-)
 _ERROR_TEXT = {
     400: "Invalid request, or no Idempotency-Key.",
     401: "Not authenticated.",
@@ -45,7 +38,7 @@ _ERROR_TEXT = {
 
 
 def _errors(*codes: int) -> dict[int, OpenApiResponse]:
-    return {code: OpenApiResponse(ErrorSerializer, description=_ERROR_TEXT[code]) for code in codes}
+    return error_responses(_ERROR_TEXT, *codes)
 
 
 # --- serializers ---------------------------------------------------------------------------------
@@ -54,7 +47,7 @@ def _errors(*codes: int) -> dict[int, OpenApiResponse]:
 class PurchaseCreateSerializer(serializers.Serializer):
     service = serializers.SlugField(help_text="Catalogue code, e.g. phone-verification.")
     currency = serializers.CharField(min_length=3, max_length=3)
-    amount_minor = serializers.IntegerField(
+    amount_minor = MinorUnitsField(
         min_value=1, required=False, help_text="The price shown to the buyer; must equal the catalogue price."
     )
     payment_method = serializers.CharField(max_length=100, help_text="A Stripe payment method, e.g. pm_...")
@@ -87,7 +80,7 @@ class PurchaseDeliverySerializer(serializers.Serializer):
 
 
 class PurchaseRefundCreateSerializer(serializers.Serializer):
-    amount_minor = serializers.IntegerField(min_value=1, required=False, help_text="Omit to refund the rest.")
+    amount_minor = MinorUnitsField(min_value=1, required=False, help_text="Omit to refund the rest.")
     reason = serializers.CharField(max_length=255, required=False, default="", allow_blank=True)
 
 
@@ -130,7 +123,7 @@ class PurchaseListCreateView(IdempotentMixin, generics.ListAPIView):
         tags=["purchases"],
         summary="Buy a service: the card is authorized now and charged when the service is delivered",
         request=PurchaseCreateSerializer,
-        parameters=[IDEMPOTENCY_KEY],
+        parameters=[IDEMPOTENCY_KEY_HEADER],
         responses={201: PurchaseSerializer, **_errors(400, 401, 409, 422, 429)},
     )
     def post(self, request: Request) -> Response:
@@ -161,7 +154,7 @@ class PurchaseCancelView(IdempotentMixin, APIView):
         tags=["purchases"],
         summary="Cancel my purchase before delivery: the authorization is voided",
         request=None,
-        parameters=[IDEMPOTENCY_KEY],
+        parameters=[IDEMPOTENCY_KEY_HEADER],
         responses={200: PurchaseSerializer, **_errors(400, 401, 404, 409, 422)},
     )
     def post(self, request: Request, purchase_id: int) -> Response:
@@ -173,7 +166,7 @@ class PurchaseDeliveryView(IdempotentMixin, APIView):
         tags=["purchases"],
         summary="Service back end: report delivery (captures) or failure (voids or refunds)",
         request=PurchaseDeliverySerializer,
-        parameters=[IDEMPOTENCY_KEY],
+        parameters=[IDEMPOTENCY_KEY_HEADER],
         responses={200: PurchaseSerializer, **_errors(400, 401, 403, 404, 409, 422)},
     )
     def post(self, request: Request, purchase_id: int) -> Response:
@@ -193,7 +186,7 @@ class PurchaseRefundView(IdempotentMixin, APIView):
         tags=["purchases"],
         summary="Finance staff: refund part (or the rest) of a captured purchase",
         request=PurchaseRefundCreateSerializer,
-        parameters=[IDEMPOTENCY_KEY],
+        parameters=[IDEMPOTENCY_KEY_HEADER],
         responses={201: PurchaseRefundSerializer, **_errors(400, 401, 403, 404, 409, 422)},
     )
     def post(self, request: Request, purchase_id: int) -> Response:

@@ -119,3 +119,16 @@ def test_schema_generates_without_warnings(tmp_path):
     call_command("spectacular", "--fail-on-warn", "--validate", "--file", str(tmp_path / "schema.yaml"))
 
     assert "/api/v1/ledger/accounts/{code}/statement/" in (tmp_path / "schema.yaml").read_text()
+
+
+@pytest.mark.parametrize("value", [12.0, 12.5, "12", True, None])
+def test_minor_units_are_json_integers_only(value):
+    from rest_framework import serializers
+
+    from core.api import MinorUnitsField
+
+    class Body(serializers.Serializer):
+        amount_minor = MinorUnitsField(min_value=1)
+
+    assert not Body(data={"amount_minor": value}).is_valid()
+    assert Body(data={"amount_minor": 12}).is_valid()

@@ -10,7 +10,7 @@ from django.db import connections
 from core.errors import AppError, Conflict, InvalidRequest
 from core.money import Money
 from ledger.integrity import ledger_integrity_report
-from ledger.models import Account
+from ledger.models import Account, Hold
 from ledger.selectors import account_balance
 from payouts.models import PayoutBatch, PayoutCycle, PayoutItem, WinnerSelection
 from payouts.services import (
@@ -247,6 +247,9 @@ def test_connected_account_winners_are_paid_by_keyed_stripe_transfers(sandbox, c
     assert batch_sync(batch_id=stripe_batch.pk).status == "completed"  # a replayed sync pays nothing more
     assert len(stripe_sandbox.state_of(sandbox).transfers) == 1
     assert posted("provider:stripe:clearing:USD") == -7_500
+    posting = Hold.objects.get(pk=item.hold_id).posted_transaction
+    assert posting.metadata["provider"] == "stripe"  # the reconciliation contract: the money's provider id
+    assert posting.metadata["provider_reference"] == item.provider_item_id
 
 
 @pytest.mark.django_db
