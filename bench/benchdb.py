@@ -14,7 +14,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 @dataclass(frozen=True)
 class Server:
-    """Where PostgreSQL listens, from DATABASE_URL; the database name in it is ignored."""
+    """Where PostgreSQL listens, from DATABASE_URL; the database name in it is ignored (it need not exist):
+    the benchmarks connect to the `postgres` maintenance database to create and drop their own."""
 
     scheme: str
     user: str
@@ -34,7 +35,7 @@ class Server:
             password=unquote(parts.password or ""),
             host=parts.hostname or "127.0.0.1",
             port=parts.port or 5432,
-            maintenance_db=parts.path.lstrip("/") or "postgres",
+            maintenance_db="postgres",
         )
 
     def url(self, dbname: str) -> str:
