@@ -14,3 +14,8 @@ class EscrowConfig(AppConfig):
         from escrow.purchases import register_purchase_handlers
 
         register_purchase_handlers()
+
+        from escrow.limits import SPEND_LIMITS_GUARD
+        from providers.payments import register_spend_guard
+
+        register_spend_guard(SPEND_LIMITS_GUARD)

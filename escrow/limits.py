@@ -10,6 +10,8 @@ Invariants:
 - a released reservation (the money is known not to have moved) gives back exactly what it took,
   once; money that moved and came back later (a refund) stays counted.
 Windows are calendar hours, days and months in UTC; counters are locked in limit order.
+What counts: escrow holds, purchases and customer payments through the orchestrator (registered with
+providers.payments as a spend guard), each by the paying user.
 """
 
 from __future__ import annotations
@@ -153,3 +155,16 @@ def spend_usage(*, user: AbstractBaseUser, currency: str) -> list[LimitUsage]:
         used = counter.amount_minor if counter else 0
         usages.append(LimitUsage(limit, Money(used, currency), counter.count if counter else 0, resets_at))
     return usages
+
+
+class SpendLimitsGuard:
+    """Customer payments through the orchestrator (providers.payments) count against the same limits."""
+
+    def reserve(self, *, user: AbstractBaseUser, amount: Money, reference: str) -> None:
+        spend_reserve(user=user, amount=amount, reference=reference)
+
+    def release(self, *, reference: str) -> bool:
+        return spend_release(reference=reference)
+
+
+SPEND_LIMITS_GUARD = SpendLimitsGuard()

@@ -11,7 +11,10 @@ Invariants:
 - a payment is posted to the ledger once, when it succeeds (key
   `payment:<ref>:settle`), and each refund once (`refund:<id>:settle`);
 - succeeded plus in-flight refunds never exceed the amount: they are
-  reserved on the locked payment row before any provider call.
+  reserved on the locked payment row before any provider call;
+- a registered spend guard (escrow's spend limits) counts the payment in the
+  block that creates its row, before any provider call, and is told when the
+  payment failed (no money moved).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import timedelta
+from typing import Protocol
 
 import structlog
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -37,6 +41,28 @@ from providers.retry import call_provider
 from providers.routing import Candidate, Choice, route_payment, routing_decision_record
 
 log = structlog.get_logger(__name__)
+
+
+class SpendGuard(Protocol):
+    """Counts a customer's payments against limits kept elsewhere; refuses by raising an AppError."""
+
+    def reserve(self, *, user: AbstractBaseUser, amount: Money, reference: str) -> None: ...
+
+    def release(self, *, reference: str) -> object: ...
+
+
+_spend_guards: list[SpendGuard] = []
+
+
+def register_spend_guard(guard: SpendGuard) -> None:
+    """Apps built on providers (escrow's spend limits) count payments here; providers imports none of them."""
+    if guard not in _spend_guards:
+        _spend_guards.append(guard)
+
+
+def _spend_reference(payment: Payment) -> str:
+    return f"payment:{payment.reference}"
+
 
 SYNC_SCHEDULE = (timedelta(minutes=5), timedelta(hours=1), timedelta(days=1), timedelta(days=1), timedelta(days=1))
 
@@ -60,20 +86,23 @@ def payment_initiate(
     route = route_payment(amount=amount, explicit=explicit, preferred=preferred, user=user)
     reference = f"pay_{secrets.token_hex(12)}"
     decision = routing_decision_record(route=route, amount=amount, user=user, reference=reference)
-    payment = Payment.objects.create(
-        reference=reference,
-        user=user,
-        client_key=client_key,
-        amount_minor=amount.minor,
-        currency=amount.currency,
-        payment_method_token=payment_method_token,
-        routing_decision=decision,
-    )
+    with transaction.atomic():
+        payment = Payment.objects.create(
+            reference=reference,
+            user=user,
+            client_key=client_key,
+            amount_minor=amount.minor,
+            currency=amount.currency,
+            payment_method_token=payment_method_token,
+            routing_decision=decision,
+        )
+        for guard in _spend_guards:  # a refusal rolls the payment row back: nothing was sent
+            guard.reserve(user=user, amount=amount, reference=_spend_reference(payment))
     for candidate in route.candidates:
         if _try_candidate(payment, candidate) != PaymentAttempt.Status.DECLINED:
             break
     else:
-        _transition(payment, Payment.Status.FAILED, failure_reason="every provider declined")
+        _fail(payment, "every provider declined")
     payment.refresh_from_db()
     return payment
 
@@ -197,7 +226,17 @@ def _post_payment(payment: Payment) -> None:
 
 
 def payment_mark_failed(*, payment_pk: int, reason: str) -> bool:
-    return _transition(Payment(pk=payment_pk), Payment.Status.FAILED, failure_reason=reason[:255], next_sync_at=None)
+    return _fail(Payment.objects.get(pk=payment_pk), reason)
+
+
+def _fail(payment: Payment, reason: str) -> bool:
+    """Failed: known not taken by any provider, so the spend guards give the amount back (once)."""
+    with transaction.atomic():
+        failed = _transition(payment, Payment.Status.FAILED, failure_reason=reason[:255], next_sync_at=None)
+        if failed:
+            for guard in _spend_guards:
+                guard.release(reference=_spend_reference(payment))
+    return failed
 
 
 # --- finding out: sync of unknown outcomes ---------------------------------------

@@ -231,3 +231,28 @@ def test_the_api_shows_a_user_their_own_usage_and_not_the_platforms(alice, bob):
     bad = client.get("/api/v1/spend-limits/?currency=XXX")
     assert bad.status_code == 400 and bad.json()["error"]["action_required"]
     assert APIClient().get("/api/v1/spend-limits/?currency=PHP").status_code in (401, 403)
+
+
+def test_customer_payments_count_and_a_failed_one_gives_its_amount_back(alice, sandbox, default_payment_config):
+    from providers.models import Payment
+    from providers.payments import payment_initiate
+    from providers.routing import Choice
+
+    daily = SpendLimit.objects.create(scope="user", currency="USD", window="day", max_amount_minor=30_000)
+    card = Choice("stripe", "card")
+    paid = payment_initiate(
+        user=alice, amount=Money(20_000, "USD"), client_key="k1", explicit=card, payment_method_token="pm_card_visa"
+    )
+    declined = payment_initiate(
+        user=alice, amount=Money(5_000, "USD"), client_key="k2", explicit=card,
+        payment_method_token="pm_card_chargeDeclined",
+    )  # fmt: skip
+    assert (paid.status, declined.status) == (Payment.Status.SUCCEEDED, Payment.Status.FAILED)
+    assert used(daily, alice) == (20_000, 1)  # the declined one was given back
+    with pytest.raises(SpendLimitExceeded):
+        payment_initiate(
+            user=alice, amount=Money(10_001, "USD"), client_key="k3", explicit=card,
+            payment_method_token="pm_card_visa",
+        )  # fmt: skip
+    assert not Payment.objects.filter(client_key="k3").exists()  # refused before any provider call
+    assert sandbox.calls["stripe.payment_intents.create"] == 2
