@@ -1,11 +1,50 @@
+from collections.abc import Sequence
+from typing import Any
+
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
+from django.urls import reverse
 
 from core.alerts import alert_close
 from core.errors import AppError
 from core.locks import lock_release_by_staff
 from core.models import Alert, AuditLog, ProcessingLock
+
+
+def confirm_money_action(
+    model_admin: admin.ModelAdmin,
+    request: HttpRequest,
+    *,
+    action: str,
+    title: str,
+    objects: Sequence[Any],
+    lines: Sequence[str],
+    form: forms.Form | None = None,
+) -> TemplateResponse:
+    """The intermediate page of an admin action that moves money; submitting it runs the action with post=yes."""
+    request.current_app = model_admin.admin_site.name
+    opts = model_admin.opts
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": title,
+        "opts": opts,
+        "lines": lines,
+        "objects": objects,
+        "form": form,
+        "action": action,
+        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        "changelist_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"),
+    }
+    return TemplateResponse(request, "admin/confirm_money_action.html", context)
+
+
+def action_confirmed(request: HttpRequest) -> bool:
+    """True on the confirmation page's submit (post=yes), false on the first click of the action."""
+    return request.POST.get("post") == "yes"
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

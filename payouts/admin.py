@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin import helpers
 from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -28,7 +27,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from core.admin import ReadOnlyAdmin
+from core.admin import ReadOnlyAdmin, action_confirmed, confirm_money_action
 from core.errors import AppError
 from core.money import Money, MoneyError
 from core.permissions import require_permission
@@ -49,7 +48,6 @@ from providers.admin import AuditedConfigAdmin
 T = TypeVar("T")
 IMPORT_PERMISSION = "payouts.add_winnerselection"
 SYNC_PERMISSION = "payouts.execute_payoutbatch"  # batch_sync takes no actor: checked here until it does
-CONFIRM_TEMPLATE = "admin/payouts/confirm_action.html"
 
 
 def _money(minor: int | None, currency: str) -> str:
@@ -91,23 +89,7 @@ class ServiceActionsMixin(admin.ModelAdmin):
     def confirm(
         self, request: HttpRequest, *, action: str, title: str, objects: Sequence[Any], lines: Sequence[str]
     ) -> TemplateResponse:
-        """The intermediate page of an action that moves money; submitting it runs the action with post=yes."""
-        request.current_app = self.admin_site.name
-        context = {
-            **self.admin_site.each_context(request),
-            "title": title,
-            "opts": self.opts,
-            "lines": lines,
-            "objects": objects,
-            "action": action,
-            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-            "changelist_url": reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_changelist"),
-        }
-        return TemplateResponse(request, CONFIRM_TEMPLATE, context)
-
-
-def _confirmed(request: HttpRequest) -> bool:
-    return request.POST.get("post") == "yes"
+        return confirm_money_action(self, request, action=action, title=title, objects=objects, lines=lines)
 
 
 # --- cycles -----------------------------------------------------------------------------
@@ -467,7 +449,7 @@ class PayoutBatchAdmin(ServiceActionsMixin, ReadOnlyAdmin):
     @admin.action(description="Approve the selected batches")
     def approve(self, request: HttpRequest, queryset: QuerySet[PayoutBatch]) -> TemplateResponse | None:
         batches = list(queryset.order_by("pk"))
-        if not _confirmed(request):
+        if not action_confirmed(request):
             return self.confirm(request, action="approve", title="Approve payout batches", objects=batches,
                                 lines=self._lines(batches))  # fmt: skip
         for batch in batches:
@@ -480,7 +462,7 @@ class PayoutBatchAdmin(ServiceActionsMixin, ReadOnlyAdmin):
     @admin.action(description="Execute: send the selected batches to the provider")
     def execute(self, request: HttpRequest, queryset: QuerySet[PayoutBatch]) -> TemplateResponse | None:
         batches = list(queryset.order_by("pk"))
-        if not _confirmed(request):
+        if not action_confirmed(request):
             return self.confirm(request, action="execute", title="Send payout batches", objects=batches,
                                 lines=self._lines(batches))  # fmt: skip
         for batch in batches:
@@ -545,7 +527,7 @@ class PayoutItemAdmin(ServiceActionsMixin, ReadOnlyAdmin):
     @admin.action(description="Cancel the selected unclaimed payouts (the money comes back)")
     def cancel_unclaimed(self, request: HttpRequest, queryset: QuerySet[PayoutItem]) -> TemplateResponse | None:
         items = list(queryset.order_by("pk"))
-        if not _confirmed(request):
+        if not action_confirmed(request):
             lines = [f"{i.sender_item_id} to {i.receiver}: {i.status}, {self.amount(i)}" for i in items]
             return self.confirm(request, action="cancel_unclaimed", title="Cancel unclaimed payouts", objects=items,
                                 lines=lines)  # fmt: skip

@@ -14,8 +14,9 @@ from typing import Any
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
 
-from core.admin import ReadOnlyAdmin
+from core.admin import ReadOnlyAdmin, action_confirmed, confirm_money_action
 from core.errors import AppError
 from core.money import Money
 from escrow.deals import deal_cancel, deal_release, deal_release_approve, deal_transfer_retry
@@ -84,20 +85,37 @@ class EscrowDealAdmin(ReadOnlyAdmin):
             detail = f" ({after.failure_reason})" if after.failure_reason else ""
             self.message_user(request, f"Deal {deal.pk}: {verb}; now {after.status.replace('_', ' ')}{detail}.", level)
 
+    def _confirm_then(
+        self, request: HttpRequest, queryset: QuerySet[EscrowDeal], action: str, title: str, verb: str, call: Callable
+    ) -> TemplateResponse | None:
+        """Money moves only from the confirmation page (post=yes), never on the first click."""
+        deals = list(queryset.select_related("buyer", "seller_account__user").order_by("pk"))
+        if not action_confirmed(request):
+            lines = [
+                f"Deal {d.pk}: {self.amount(d)} from {d.buyer} to {d.seller_account.user}, {d.status.replace('_', ' ')}"
+                f"; seller gets {Money(d.seller_net_minor, d.currency).format()} after {self.commission(d)}"
+                for d in deals
+            ]
+            return confirm_money_action(self, request, action=action, title=title, objects=deals, lines=lines)
+        self._each(request, queryset, verb, call)
+        return None
+
     @admin.action(description="Release to the seller (capture and transfer)")
-    def release(self, request: HttpRequest, queryset: QuerySet[EscrowDeal]) -> None:
-        self._each(request, queryset, "release asked", lambda d: deal_release(deal_id=d.pk, actor=request.user))
+    def release(self, request: HttpRequest, queryset: QuerySet[EscrowDeal]) -> TemplateResponse | None:
+        release = lambda d: deal_release(deal_id=d.pk, actor=request.user)  # noqa: E731
+        return self._confirm_then(request, queryset, "release", "Release to the seller", "release asked", release)
 
     @admin.action(description="Approve release (a second person)")
-    def approve_release(self, request: HttpRequest, queryset: QuerySet[EscrowDeal]) -> None:
-        self._each(request, queryset, "approved", lambda d: deal_release_approve(deal_id=d.pk, approver=request.user))
+    def approve_release(self, request: HttpRequest, queryset: QuerySet[EscrowDeal]) -> TemplateResponse | None:
+        approve = lambda d: deal_release_approve(deal_id=d.pk, approver=request.user)  # noqa: E731
+        return self._confirm_then(request, queryset, "approve_release", "Approve the release", "approved", approve)
 
     @admin.action(description="Cancel and refund the buyer")
-    def refund(self, request: HttpRequest, queryset: QuerySet[EscrowDeal]) -> None:
-        self._each(request, queryset, "refund asked", lambda d: deal_cancel(deal_id=d.pk, actor=request.user))
+    def refund(self, request: HttpRequest, queryset: QuerySet[EscrowDeal]) -> TemplateResponse | None:
+        cancel = lambda d: deal_cancel(deal_id=d.pk, actor=request.user)  # noqa: E731
+        return self._confirm_then(request, queryset, "refund", "Cancel and refund the buyer", "refund asked", cancel)
 
     @admin.action(description="Retry transfer now (same key)")
-    def retry_transfer(self, request: HttpRequest, queryset: QuerySet[EscrowDeal]) -> None:
-        self._each(
-            request, queryset, "transfer retried", lambda d: deal_transfer_retry(deal_id=d.pk, actor=request.user)
-        )
+    def retry_transfer(self, request: HttpRequest, queryset: QuerySet[EscrowDeal]) -> TemplateResponse | None:
+        retry = lambda d: deal_transfer_retry(deal_id=d.pk, actor=request.user)  # noqa: E731
+        return self._confirm_then(request, queryset, "retry_transfer", "Retry the transfer", "transfer retried", retry)

@@ -14,14 +14,12 @@ from typing import Any, TypeVar
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin import helpers
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
-from django.template import engines
 from django.urls import reverse
 from django.utils.html import format_html
 
-from core.admin import ReadOnlyAdmin
+from core.admin import ReadOnlyAdmin, action_confirmed, confirm_money_action
 from core.errors import AppError
 from core.money import Money, MoneyError
 from core.services import audit_record
@@ -30,22 +28,6 @@ from escrow.purchases import purchase_cancel, purchase_refund, purchase_sync
 from providers.admin import AuditedConfigAdmin
 
 T = TypeVar("T")
-
-_ACTION_PAGE = engines["django"].from_string(
-    """{% extends "admin/base_site.html" %}
-{% block content %}
-<p>This moves money and is recorded in the audit log under your name. Please check:</p>
-<ul>{% for line in lines %}<li>{{ line }}</li>{% endfor %}</ul>
-<form method="post">{% csrf_token %}
-{% if form %}{{ form.as_p }}{% endif %}
-{% for obj in objects %}<input type="hidden" name="{{ checkbox }}" value="{{ obj.pk }}">{% endfor %}
-<input type="hidden" name="action" value="{{ action }}">
-<input type="hidden" name="post" value="yes">
-<input type="submit" value="{{ title }}">
-<a href="{{ changelist_url }}" class="button cancel-link">Cancel</a>
-</form>
-{% endblock %}"""
-)
 
 
 def _money(minor: int, currency: str) -> str:
@@ -173,18 +155,7 @@ class PurchaseAdmin(ReadOnlyAdmin):
             f"refunded {self.refunded(p)}"
             for p in objects
         ]
-        context = {
-            **self.admin_site.each_context(request),
-            "title": title,
-            "opts": self.opts,
-            "lines": lines,
-            "objects": objects,
-            "form": form,
-            "action": action,
-            "checkbox": helpers.ACTION_CHECKBOX_NAME,
-            "changelist_url": reverse("admin:escrow_purchase_changelist"),
-        }
-        return HttpResponse(_ACTION_PAGE.render(context, request))
+        return confirm_money_action(self, request, action=action, title=title, objects=objects, lines=lines, form=form)
 
     def _report(self, request: HttpRequest, purchase: Purchase) -> None:
         level = messages.WARNING if purchase.status in Purchase.UNKNOWN else messages.SUCCESS
@@ -198,7 +169,7 @@ class PurchaseAdmin(ReadOnlyAdmin):
     @admin.action(description="Cancel and refund the selected purchases")
     def cancel_and_refund(self, request: HttpRequest, queryset: QuerySet[Purchase]) -> HttpResponse | None:
         purchases = list(queryset.select_related("buyer").order_by("pk"))
-        if request.POST.get("post") != "yes":
+        if not action_confirmed(request):
             return self._page(request, action="cancel_and_refund", title="Cancel and refund", objects=purchases)
         for purchase in purchases:
             done = self._attempt(
@@ -217,7 +188,7 @@ class PurchaseAdmin(ReadOnlyAdmin):
             self.message_user(request, "Select exactly one purchase to refund part of it.", messages.ERROR)
             return None
         purchase = purchases[0]
-        if request.POST.get("post") != "yes":
+        if not action_confirmed(request):
             form = RefundPartForm(currency=purchase.currency, initial={"refund_key": uuid.uuid4().hex})
             return self._page(request, action="refund_part", title="Refund part", objects=purchases, form=form)
         form = RefundPartForm(request.POST, currency=purchase.currency)

@@ -39,9 +39,22 @@ def client_for(user: User) -> Client:
     return client
 
 
-def run_action(user: User, action: str, *deals: EscrowDeal):
+def run_action(user: User, action: str, *deals: EscrowDeal, confirm: bool = True):
     data = {"action": action, "_selected_action": [str(d.pk) for d in deals], "index": "0"}
+    if confirm:
+        data["post"] = "yes"  # the confirmation page's submit
     return client_for(user).post(reverse("admin:escrow_escrowdeal_changelist"), data, follow=True)
+
+
+def test_money_actions_ask_for_confirmation_first_and_move_nothing_until_then(sandbox):
+    operator = member("Finance operator")
+    deal = held_deal(UserFactory(), seller(sandbox, rate_bps=800), amount_minor=12_345)
+    page = run_action(operator, "release", deal, confirm=False)
+    text = page.content.decode()
+    assert page.status_code == 200 and "Release to the seller" in text
+    assert "$123.45" in text and "seller gets $113.57" in text and 'name="post" value="yes"' in text
+    assert EscrowDeal.objects.get(pk=deal.pk).status == "held"
+    assert sandbox.calls["stripe.payment_intents.capture"] == 0
 
 
 def messages_of(response) -> list[tuple[int, str]]:
