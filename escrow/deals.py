@@ -74,7 +74,7 @@ from core.money import Money, MoneyError, validate_currency
 from core.permissions import require_permission
 from core.services import audit_record
 from escrow.limits import spend_release, spend_reserve
-from escrow.models import EscrowDeal, SellerAccount
+from escrow.models import EscrowDeal, EscrowTransferReversal, SellerAccount
 from ledger.models import Account
 from ledger.services import account_create, credit, debit, transaction_post
 from providers.base import Declined, Pending, ProviderResult, Succeeded, Unknown
@@ -734,6 +734,9 @@ def deal_transfer_reversed(*, deal_id: int, reversals: list[tuple[str, int]], am
             )
         for reversal_id, amount in reversals:
             _post(deal, f"transfer-reversal:{reversal_id}", [("clearing", "payable", amount)], reversal_id)
+            EscrowTransferReversal.objects.get_or_create(
+                reversal_id=reversal_id, defaults={"deal": deal, "amount_minor": amount}
+            )
         _transition(deal.pk, Status.TRANSFERRED, Status.REVERSED)
         EscrowDeal.objects.filter(pk=deal.pk, reversed_minor__lt=amount_reversed).update(
             reversed_minor=amount_reversed, failure_reason="transfer reversed at Stripe"

@@ -31,8 +31,7 @@ of the day is ever held in Python. The staging rows are deleted when the run end
 SQLite (3.39+, FULL OUTER JOIN) for small days; COPY and server-side cursors are PostgreSQL-only.
 
 Record sources today: customer payments and refunds, payout transfers, escrow deals (capture, refund,
-transfer) and purchases (capture, refunds). Escrow transfer reversals have no record row of their own
-(the deal keeps only the amount reversed), so a reversal shows as missing in records for staff to confirm.
+transfer, transfer reversals) and purchases (capture, refunds).
 Adding a source of records: write a function
 `(provider, start, end) -> Iterable[Record]` yielding the records whose time is in [start, end) and append it
 to `RECORD_SOURCES[provider]` in this module (monitoring may read every app; no app imports monitoring).
@@ -58,7 +57,7 @@ from core.errors import InvalidRequest, InvalidStateTransition, NotFound
 from core.locks import processing_lock
 from core.permissions import require_permission
 from core.services import audit_record
-from escrow.models import EscrowDeal, Purchase, PurchaseRefund
+from escrow.models import EscrowDeal, EscrowTransferReversal, Purchase, PurchaseRefund
 from ledger.models import Account
 from monitoring.models import (
     ReconciliationIssue,
@@ -156,6 +155,10 @@ def escrow_deal_records(provider: str, start: datetime, end: datetime) -> Iterat
     for deal in transferred.iterator(chunk_size=2_000):
         yield Record("escrow_transfer", deal.transfer_id, -deal.seller_net_minor, deal.currency, deal.status,
                      deal.status in ESCROW_TRANSFERRED, deal.transferred_at)  # fmt: skip
+    reversals = EscrowTransferReversal.objects.filter(created_at__gte=start, created_at__lt=end).select_related("deal")
+    for reversal in reversals.iterator(chunk_size=2_000):
+        yield Record("escrow_transfer_reversal", reversal.reversal_id, reversal.amount_minor, reversal.deal.currency,
+                     "reversed", True, reversal.created_at)  # fmt: skip
 
 
 ESCROW_TRANSFERRED = frozenset({EscrowDeal.Status.TRANSFERRED, EscrowDeal.Status.REVERSED})

@@ -12,7 +12,7 @@ from django.db.models import F, Q
 
 from core.models import TimestampedModel
 
-__all__ = ["CommissionTier", "EscrowDeal", "SellerAccount"]
+__all__ = ["CommissionTier", "EscrowDeal", "EscrowTransferReversal", "SellerAccount"]
 
 
 class CommissionTier(TimestampedModel):
@@ -160,3 +160,18 @@ class EscrowDeal(TimestampedModel):
     @property
     def captured(self) -> bool:
         return self.captured_at is not None
+
+
+class EscrowTransferReversal(models.Model):
+    """Money Stripe took back from the seller after a transfer, one row per reversal (`trr_...`)."""
+
+    deal = models.ForeignKey(EscrowDeal, on_delete=models.PROTECT, related_name="transfer_reversals")
+    reversal_id = models.CharField(max_length=255, unique=True)
+    amount_minor = models.BigIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.reversal_id} of escrow-{self.deal_id}: {self.amount_minor}"

@@ -9,13 +9,14 @@ import pytest
 from django.utils import timezone
 
 from core.money import Money
-from escrow.deals import deal_cancel, deal_release
+from escrow.deals import deal_cancel, deal_release, deal_transfer_reversed
 from escrow.models import Purchase
 from escrow.purchases import purchase_create, purchase_refund, purchase_report_delivery
 from ledger.integrity import ledger_integrity_report
 from monitoring.models import ReconciliationIssue, ReconciliationRun
 from monitoring.reconciliation import reconciliation_run
 from providers.sandbox import stripe as stripe_sandbox
+from providers.stripe.client import StripeProviderClient
 from tests.escrow.factories_deals import UserFactory, held_deal, seller, staff
 from tests.escrow.factories_purchases import deliverer_create, finance_create, service_create
 from tests.providers.conftest import default_payment_config  # noqa: F401 - the seeded fee rules
@@ -33,6 +34,11 @@ def test_a_day_of_escrow_and_purchases_has_no_issues(sandbox):
     buyer = UserFactory()
     account = seller(sandbox, rate_bps=800)
     released = deal_release(deal_id=held_deal(buyer, account, amount_minor=12_345).pk, actor=buyer)
+    with StripeProviderClient() as client:  # Stripe takes part of the transfer back (e.g. a dispute)
+        reversal = client.reverse_transfer(
+            transfer_id=released.transfer_id, idempotency_key="reverse-part", amount_minor=1_000
+        ).reference
+    deal_transfer_reversed(deal_id=released.pk, reversals=[(reversal, 1_000)], amount_reversed=1_000)
     captured_then_refunded = held_deal(buyer, account, amount_minor=5_000, deadline_in=timedelta(days=20))
     refunded = deal_cancel(deal_id=captured_then_refunded.pk, actor=account.user)
     service_create()
@@ -58,11 +64,12 @@ def test_a_day_of_escrow_and_purchases_has_no_issues(sandbox):
     references = {
         released.payment_intent_id,
         released.transfer_id,
+        reversal,
         refunded.payment_intent_id,
         refunded.refund_id,
         purchase.payment_intent_id,
         partial.provider_refund_id,
     }
-    assert all(references) and len(references) == 6
-    assert run.matched_count == 6 and run.provider_rows == 6
+    assert all(references) and len(references) == 7
+    assert run.matched_count == 7 and run.provider_rows == 7
     assert ledger_integrity_report().is_clean
