@@ -18,6 +18,8 @@ Invariants kept:
   only when no money moved (hold declined, authorization voided or lapsed);
 - the same transfer key is used on every retry; retries run 1 h, 2 h, 4 h, 8 h after the first failure
   (ESCROW_TRANSFER_MAX_ATTEMPTS, default 5), inside Stripe's 24 h idempotency window; then a staff alert;
+  every retry first lists the transfers of the deal's `transfer_group` at Stripe and records one found there
+  instead of sending (a staff retry days later must not pay twice once Stripe has forgotten the key);
 - a release above ESCROW_APPROVAL_THRESHOLD_MINOR waits in `awaiting_approval` for a finance approver who
   neither asked for it nor is a party to the deal (maker-checker); every staff or buyer action is audited;
 - the timeout job stops a run at ESCROW_TIMEOUT_MAX_DEALS_PER_RUN deals or, per currency,
@@ -527,6 +529,8 @@ def _transfer_attempt(deal: EscrowDeal) -> EscrowDeal:
     if deal.seller_net_minor == 0:  # a 100% commission: nothing to send
         deal_transfer_succeeded(deal_id=deal.pk, transfer_id="")
         return deal_get(deal_id=deal.pk)
+    if deal.transfer_attempts and _transfer_already_made(deal):
+        return deal_get(deal_id=deal.pk)
     result = _stripe_call(
         "transfer",
         lambda stripe: stripe.create_transfer(
@@ -543,6 +547,19 @@ def _transfer_attempt(deal: EscrowDeal) -> EscrowDeal:
     else:
         _transfer_not_done(deal, result)
     return deal_get(deal_id=deal.pk)
+
+
+def _transfer_already_made(deal: EscrowDeal) -> bool:
+    """Before sending again: did an earlier attempt move the money after all? Stripe forgets our key after
+    24 h, so a late retry (staff, after an unknown answer) is checked against the deal's transfer group."""
+    found = _stripe().transfers_in_group(transfer_group=deal.transfer_group)
+    if isinstance(found, Unknown):
+        _transfer_not_done(deal, found)  # cannot tell: send nothing now, look again later
+        return True
+    if found:
+        deal_transfer_succeeded(deal_id=deal.pk, transfer_id=found[-1].reference)  # the oldest: the first one sent
+        return True
+    return False
 
 
 def deal_transfer_succeeded(*, deal_id: int, transfer_id: str) -> bool:

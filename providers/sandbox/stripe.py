@@ -544,6 +544,7 @@ class StripeApi:
             ("GET", f"refunds/{object_id}", "refunds.retrieve", self.retrieve_refund),
             ("GET", "balance_transactions", "balance_transactions.list", self.list_balance_transactions),
             ("POST", "transfers", "transfers.create", self.create_transfer),
+            ("GET", "transfers", "transfers.list", self.list_transfers),
             ("GET", f"transfers/{object_id}", "transfers.retrieve", self.retrieve_transfer),
             ("POST", f"transfers/{object_id}/reversals", "transfers.reversals.create", self.create_transfer_reversal),
             ("GET", f"accounts/{object_id}", "accounts.retrieve", self.retrieve_account),
@@ -807,6 +808,21 @@ class StripeApi:
         return view
 
     # --- Transfers and reversals
+    def list_transfers(self, call: Call) -> Obj:
+        """`GET /v1/transfers`: newest first, filtered by `transfer_group` and `destination`, `limit` 1..100."""
+        params = call.params
+        _allow(params, ("transfer_group", "destination", "limit"))
+        limit = _integer(params, "limit", default=10)
+        if limit > 100:
+            raise Refusal(400, "This value must be less than or equal to 100.", code="parameter_invalid_integer",
+                          param="limit", stored=False)  # fmt: skip
+        rows = [
+            transfer
+            for transfer in reversed(self.state.transfers.values())
+            if all(transfer.get(name) == params[name] for name in ("transfer_group", "destination") if name in params)
+        ]
+        return {"object": "list", "data": rows[:limit], "has_more": len(rows) > limit, "url": "/v1/transfers"}
+
     def create_transfer(self, call: Call) -> Obj:
         params = call.params
         _allow(params, ("amount", "currency", "destination", "transfer_group", "metadata", "description"))

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
         PaymentIntentCreateParams,
         RefundCreateParams,
         TransferCreateParams,
+        TransferListParams,
         TransferReversalCreateParams,
     )
 
@@ -252,6 +253,20 @@ class StripeProviderClient:
 
     def retrieve_transfer(self, *, transfer_id: str) -> ProviderResult:
         return self._call(lambda: self._stripe.v1.transfers.retrieve(transfer_id), _transfer_result)
+
+    def transfers_in_group(self, *, transfer_group: str) -> list[ProviderResult] | Unknown:
+        """The transfers Stripe has made under a transfer group (newest first), or Unknown if it cannot say.
+
+        How to find out whether money already left when our idempotency key may have expired at Stripe
+        (24 h): a transfer in the group means it did, whatever happened to our request.
+        """
+        params: TransferListParams = {"transfer_group": transfer_group, "limit": 100}
+        try:
+            listing = self._stripe.v1.transfers.list(params)
+        except stripe.StripeError as error:
+            outcome = outcome_of_stripe_error(error)
+            return Unknown(reason=f"listing transfers of {transfer_group} failed: {outcome.reason}")
+        return [_transfer_result(transfer.to_dict()) for transfer in listing.data]
 
     def retrieve_account(self, *, account_id: str) -> ProviderResult:
         """A connected account; `status` is its `transfers` capability (active, inactive, pending)."""

@@ -8,14 +8,14 @@ import uuid
 import httpx
 import pytest
 
-from escrow.deals import deal_cancel, deal_release, deal_sync, deals_sync_due
+from escrow.deals import deal_cancel, deal_release, deal_sync, deal_transfer_retry, deals_sync_due
 from escrow.models import EscrowDeal
 from providers.base import Declined, Succeeded
 from providers.breaker import shared_redis
 from providers.sandbox import stripe as stripe_sandbox
 from providers.sandbox.server import Fault
 from providers.stripe.client import StripeProviderClient
-from tests.escrow.factories_deals import UserFactory, escrow_balances, held_deal, seller, stripe_fee_kept
+from tests.escrow.factories_deals import UserFactory, escrow_balances, held_deal, seller, staff, stripe_fee_kept
 
 Status = EscrowDeal.Status
 
@@ -83,3 +83,36 @@ def test_an_unknown_void_keeps_the_deal_refunding_until_the_sync_finishes_it(san
     deal = deal_sync(deal_id=deal.pk)
     assert deal.status == Status.REFUNDED and escrow_balances()["held"] == 0
     assert sandbox.calls["stripe.payment_intents.cancel"] == 2
+
+
+@pytest.mark.django_db
+def test_a_late_retry_after_an_unknown_transfer_finds_the_transfer_instead_of_paying_twice(sandbox):
+    account = seller(sandbox, rate_bps=800)
+    buyer = UserFactory()
+    deal = held_deal(buyer, account, amount_minor=10_000)
+    sandbox.add_fault(Fault(operation="stripe.transfers.create", kind="applied_then_timeout"))
+    deal = deal_release(deal_id=deal.pk, actor=buyer)
+    assert deal.status == Status.RELEASED and deal.transfer_attempts == 1  # Stripe moved it; we never heard
+    (made,) = stripe_sandbox.state_of(sandbox).transfers.values()
+    stripe_sandbox.state_of(sandbox).idempotency.clear()  # a day later: Stripe has forgotten our key
+
+    deal = deal_transfer_retry(deal_id=deal.pk, actor=staff())
+
+    assert (deal.status, deal.transfer_id) == (Status.TRANSFERRED, made["id"])
+    assert len(stripe_sandbox.state_of(sandbox).transfers) == 1 and sandbox.calls["stripe.transfers.create"] == 1
+    assert escrow_balances()["payable"] == 0  # the seller is paid once, in the ledger too
+
+
+@pytest.mark.django_db
+def test_a_retry_that_cannot_see_stripes_transfers_sends_nothing(sandbox):
+    account = seller(sandbox)
+    buyer = UserFactory()
+    deal = held_deal(buyer, account, amount_minor=10_000)
+    sandbox.add_fault(Fault(operation="stripe.transfers.create", kind="applied_then_timeout"))
+    deal_release(deal_id=deal.pk, actor=buyer)
+    sandbox.add_fault(Fault(operation="stripe.transfers.list", kind="error", status=503))
+
+    deal = deal_transfer_retry(deal_id=deal.pk, actor=staff())
+
+    assert deal.status == Status.RELEASED and deal.transfer_attempts == 2
+    assert sandbox.calls["stripe.transfers.create"] == 1
