@@ -14,18 +14,22 @@ from core.errors import AppError
 from core.locks import lock_release_by_staff
 from core.models import Alert, AuditLog, ProcessingLock
 
+MOVES_MONEY = "This moves money or signs it off, and is recorded in the audit log under your name."
 
-def confirm_money_action(
+
+def action_page(
     model_admin: admin.ModelAdmin,
     request: HttpRequest,
     *,
-    action: str,
     title: str,
-    objects: Sequence[Any],
-    lines: Sequence[str],
+    action: str = "",
+    objects: Sequence[Any] = (),
+    lines: Sequence[str] = (),
     form: forms.Form | None = None,
+    explanation: str = MOVES_MONEY,
 ) -> TemplateResponse:
-    """The intermediate page of an admin action that moves money; submitting it runs the action with post=yes."""
+    """The intermediate page of an admin action (a confirmation, or a form it needs); submitting it posts the
+    action again with post=yes. Actions that move money show it before anything moves."""
     request.current_app = model_admin.admin_site.name
     opts = model_admin.opts
     context = {
@@ -36,15 +40,36 @@ def confirm_money_action(
         "objects": objects,
         "form": form,
         "action": action,
+        "explanation": explanation,
         "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         "changelist_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"),
     }
-    return TemplateResponse(request, "admin/confirm_money_action.html", context)
+    return TemplateResponse(request, "admin/action_page.html", context)
 
 
 def action_confirmed(request: HttpRequest) -> bool:
     """True on the confirmation page's submit (post=yes), false on the first click of the action."""
     return request.POST.get("post") == "yes"
+
+
+class ReadOnlyInline(admin.TabularInline):
+    """Child rows that only services write, listed read-only on their parent's page (every field shown)."""
+
+    extra = 0
+    max_num = 0
+    can_delete = False
+
+    def get_readonly_fields(self, request: HttpRequest, obj: object = None) -> Sequence[str]:
+        return tuple(self.fields or ())
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

@@ -44,13 +44,12 @@ A reversed transfer leaves the money in seller payable and the deal `reversed`: 
 
 from __future__ import annotations
 
-import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 from django.conf import settings
@@ -77,13 +76,12 @@ from core.permissions import require_permission
 from core.services import audit_record
 from escrow.limits import spend_release, spend_reserve
 from escrow.models import EscrowDeal, EscrowTransferReversal, SellerAccount
-from ledger.models import Account
-from ledger.services import account_create, credit, debit, transaction_post
+from ledger.services import credit, debit, platform_accounts, transaction_post
+from providers.accounts import provider_accounts
 from providers.base import Declined, Pending, ProviderResult, Succeeded, Unknown
-from providers.config import api_base
 from providers.fees import percent_of, processing_fee
 from providers.retry import call_provider
-from providers.stripe.client import StripeProviderClient
+from providers.stripe.client import stripe_client
 
 log = structlog.get_logger(__name__)
 
@@ -104,7 +102,7 @@ class DealMakerCheckerViolation(PermissionDenied):
 
 def ledger_accounts(currency: str) -> dict[str, str]:
     """The escrow accounts of one currency; platform accounts, hot, so never locked (allow_negative)."""
-    codes = {
+    accounts = {
         "authorized": (f"escrow:authorized:{currency}", "asset", f"Escrow card authorizations ({currency})"),
         "held": (f"escrow:buyer-funds-held:{currency}", "liability", f"Escrow buyer funds held ({currency})"),
         "payable": (f"escrow:seller-payable:{currency}", "liability", f"Escrow seller payable ({currency})"),
@@ -113,13 +111,9 @@ def ledger_accounts(currency: str) -> dict[str, str]:
             "revenue",
             f"Escrow commission revenue ({currency})",
         ),
-        "clearing": (f"provider:{PROVIDER}:clearing:{currency}", "asset", f"{PROVIDER} clearing ({currency})"),
-        "fees": (f"platform:provider-fees:{PROVIDER}:{currency}", "expense", f"{PROVIDER} fees ({currency})"),
+        **provider_accounts(PROVIDER, currency),
     }
-    if Account.objects.filter(code__in=[code for code, _, _ in codes.values()]).count() < len(codes):
-        for code, type_, name in codes.values():  # the first deal in this currency: make them (idempotent)
-            account_create(code=code, name=name, type=type_, currency=currency, allow_negative=True)
-    return {role: code for role, (code, _, _) in codes.items()}
+    return platform_accounts(currency=currency, accounts=accounts)
 
 
 def _post(deal: EscrowDeal, step: str, legs: list[tuple[str, str, int]], provider_reference: str = "") -> None:
@@ -195,22 +189,8 @@ def _holder(actor: AbstractBaseUser | None, job: str) -> str:
     return actor.get_username() if actor is not None else job
 
 
-_clients = threading.local()
-
-
-def _stripe() -> StripeProviderClient:
-    """One client per thread and configuration: building one (its TLS context) costs more than a call."""
-    config = (api_base(PROVIDER), settings.STRIPE_API_KEY, settings.PROVIDER_TIMEOUT_SECONDS)
-    cached = getattr(_clients, "stripe", None)
-    if cached is None or cached[0] != config:
-        if cached is not None:
-            cached[1].close()
-        cached = _clients.stripe = (config, StripeProviderClient())
-    return cached[1]
-
-
 def _stripe_call(operation: str, call: Any) -> ProviderResult:
-    stripe = _stripe()
+    stripe = stripe_client()
     return call_provider(PROVIDER, f"escrow.{operation}", lambda: call(stripe), idempotent=True)
 
 
@@ -469,16 +449,25 @@ def _capture_outcome(deal: EscrowDeal, result: ProviderResult) -> bool:
             details={"deal_id": deal.pk},
         )
     if isinstance(result, Declined):
-        _transition(deal.pk, Status.RELEASING, Status.HELD, failure_reason=_reason(result))
-        error_type = ProviderUnavailable if result.retryable else Conflict
-        raise error_type(
-            f"escrow deal {deal.pk}: capture declined: {result.reason}",
-            user_message="Stripe refused to capture the held money; nothing moved and the deal is held again.",
-            action_required="Try the release again later; if it keeps failing, check the payment in Stripe.",
-            details={"deal_id": deal.pk, "code": result.code},
+        _declined_back_to_held(
+            deal, result, Status.RELEASING, "capture", "capture the held money", "Try the release again later"
         )
     _schedule_sync(deal.pk, _reason(result))
     return False
+
+
+def _declined_back_to_held(
+    deal: EscrowDeal, result: Declined, from_status: str, step: str, refused_to: str, retry: str
+) -> NoReturn:
+    """Stripe refused a step (known not done): the deal is held again and the caller is told why."""
+    _transition(deal.pk, from_status, Status.HELD, failure_reason=_reason(result))
+    error_type = ProviderUnavailable if result.retryable else Conflict
+    raise error_type(
+        f"escrow deal {deal.pk}: {step} declined: {result.reason}",
+        user_message=f"Stripe refused to {refused_to}; nothing moved and the deal is held again.",
+        action_required=f"{retry}; if it keeps failing, check the payment in Stripe.",
+        details={"deal_id": deal.pk, "code": result.code},
+    )
 
 
 def _intent_status(deal: EscrowDeal) -> str:
@@ -552,7 +541,7 @@ def _transfer_attempt(deal: EscrowDeal) -> EscrowDeal:
 def _transfer_already_made(deal: EscrowDeal) -> bool:
     """Before sending again: did an earlier attempt move the money after all? Stripe forgets our key after
     24 h, so a late retry (staff, after an unknown answer) is checked against the deal's transfer group."""
-    found = _stripe().transfers_in_group(transfer_group=deal.transfer_group)
+    found = stripe_client().transfers_in_group(transfer_group=deal.transfer_group)
     if isinstance(found, Unknown):
         _transfer_not_done(deal, found)  # cannot tell: send nothing now, look again later
         return True
@@ -695,13 +684,8 @@ def _refund_run(deal_pk: int) -> EscrowDeal:
 
 def _refund_not_done(deal: EscrowDeal, result: ProviderResult) -> None:
     if isinstance(result, Declined):
-        _transition(deal.pk, Status.REFUNDING, Status.HELD, failure_reason=_reason(result))
-        error_type = ProviderUnavailable if result.retryable else Conflict
-        raise error_type(
-            f"escrow deal {deal.pk}: refund or void declined: {result.reason}",
-            user_message="Stripe refused to give the money back; nothing moved and the deal is held again.",
-            action_required="Try again later; if it keeps failing, check the payment in Stripe.",
-            details={"deal_id": deal.pk, "code": result.code},
+        _declined_back_to_held(
+            deal, result, Status.REFUNDING, "refund or void", "give the money back", "Try again later"
         )
     if isinstance(result, Pending):
         EscrowDeal.objects.filter(pk=deal.pk).update(refund_id=result.reference)

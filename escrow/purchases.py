@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -52,11 +50,12 @@ from core.permissions import require_permission
 from core.services import audit_record
 from escrow.limits import spend_release, spend_reserve
 from escrow.models import PurchasableService, Purchase, PurchaseRefund, ServicePrice
-from ledger.services import account_create, credit, debit, transaction_post
+from ledger.services import credit, debit, platform_accounts, transaction_post
+from providers.accounts import provider_accounts
 from providers.base import Declined, Pending, ProviderResult, Succeeded, Unknown
 from providers.fees import processing_fee
 from providers.retry import call_provider
-from providers.stripe.client import StripeProviderClient
+from providers.stripe.client import stripe_client
 
 log = structlog.get_logger(__name__)
 
@@ -72,15 +71,6 @@ _CANCELLATION_REASON = {O.CANCELLED: "requested_by_customer", O.FAILED: "abandon
 def _stale_after() -> timedelta:
     """How long an in-flight row (intent committed, answer not recorded) waits before a sync takes it over."""
     return timedelta(seconds=getattr(settings, "PURCHASE_STALE_AFTER_SECONDS", 120))
-
-
-@contextmanager
-def _stripe() -> Iterator[StripeProviderClient]:
-    client = StripeProviderClient()
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def _transition(purchase_pk: int, sources: set[str] | tuple[str, ...], target: str, **fields: Any) -> bool:
@@ -252,13 +242,11 @@ def _intent_request(purchase: Purchase) -> dict[str, Any]:
 
 
 def _send_authorize(purchase: Purchase) -> ProviderResult:
-    with _stripe() as client:
-        return client.create_payment_intent(**_intent_request(purchase))
+    return stripe_client().create_payment_intent(**_intent_request(purchase))
 
 
 def _replay_authorize(purchase: Purchase) -> ProviderResult:
-    with _stripe() as client:
-        return client.sync_payment_intent(first_attempt_at=purchase.created_at, **_intent_request(purchase))
+    return stripe_client().sync_payment_intent(first_attempt_at=purchase.created_at, **_intent_request(purchase))
 
 
 def _record_authorization(
@@ -463,22 +451,20 @@ def _run_step(purchase_id: int, step: str, actor: AbstractBaseUser | None = None
 
 
 def _ledger_accounts(currency: str) -> dict[str, str]:
-    codes = {
-        "clearing": (f"provider:stripe:clearing:{currency}", "asset", f"stripe clearing ({currency})"),
+    accounts = {
+        **provider_accounts("stripe", currency),
         "revenue": (f"platform:revenue:services:{currency}", "revenue", f"Service revenue ({currency})"),
-        "fees": (f"platform:provider-fees:stripe:{currency}", "expense", f"stripe fees ({currency})"),
     }
-    for code, type_, name in codes.values():
-        account_create(code=code, name=name, type=type_, currency=currency, allow_negative=True)
-    return {role: code for role, (code, _, _) in codes.items()}
+    return platform_accounts(currency=currency, accounts=accounts)
 
 
 def _capture(purchase_id: int) -> None:
     purchase = _reload(purchase_id)
 
     def send() -> ProviderResult:
-        with _stripe() as client:
-            return client.capture(payment_intent_id=purchase.payment_intent_id, idempotency_key=purchase.capture_key)
+        return stripe_client().capture(
+            payment_intent_id=purchase.payment_intent_id, idempotency_key=purchase.capture_key
+        )
 
     _record_capture(purchase_id, call_provider("stripe", "purchases.capture", send, idempotent=True))
 
@@ -533,12 +519,11 @@ def _void(purchase_id: int) -> None:
     reason = _CANCELLATION_REASON.get(purchase.outcome, "abandoned")
 
     def send() -> ProviderResult:
-        with _stripe() as client:
-            return client.cancel(
-                payment_intent_id=purchase.payment_intent_id,
-                idempotency_key=purchase.void_key,
-                reason=reason,  # type: ignore[arg-type]
-            )
+        return stripe_client().cancel(
+            payment_intent_id=purchase.payment_intent_id,
+            idempotency_key=purchase.void_key,
+            reason=reason,  # type: ignore[arg-type]
+        )
 
     _record_void(purchase_id, call_provider("stripe", "purchases.void", send, idempotent=True))
 
@@ -558,8 +543,8 @@ def _record_void(purchase_id: int, result: ProviderResult) -> None:
 def _resolve_by_intent(purchase_id: int, *, reason: str) -> None:
     """Stripe refused a capture or void: the PaymentIntent itself says what is true now."""
     purchase = _reload(purchase_id)
-    with _stripe() as client:
-        found = client.retrieve_payment_intent(payment_intent_id=purchase.payment_intent_id)
+    client = stripe_client()
+    found = client.retrieve_payment_intent(payment_intent_id=purchase.payment_intent_id)
     if not isinstance(found, Succeeded | Pending):
         _schedule_sync(purchase_id, f"{reason}; retrieving the PaymentIntent: {getattr(found, 'reason', found)}")
         return
@@ -682,8 +667,7 @@ def _refund_send(refund_pk: int) -> None:
     refund = PurchaseRefund.objects.select_related("purchase").get(pk=refund_pk)
 
     def send() -> ProviderResult:
-        with _stripe() as client:
-            return client.refund(**_refund_request(refund))
+        return stripe_client().refund(**_refund_request(refund))
 
     _record_refund(refund, call_provider("stripe", "purchases.refund", send, idempotent=True), syncing=False)
 
@@ -753,13 +737,13 @@ def purchase_refund_sync(*, refund_pk: int) -> PurchaseRefund:
     refund = PurchaseRefund.objects.select_related("purchase").get(pk=refund_pk)
     if refund.status not in (PurchaseRefund.Status.PENDING, PurchaseRefund.Status.UNKNOWN):
         return refund
-    with _stripe() as client:
-        if refund.provider_refund_id:
-            result = client.retrieve_refund(refund_id=refund.provider_refund_id)
-        elif timezone.now() - refund.created_at > timedelta(hours=23):
-            result = Unknown(reason=f"refund key {refund.idempotency_key} is past Stripe's 24 h window")
-        else:
-            result = client.refund(**_refund_request(refund))
+    client = stripe_client()
+    if refund.provider_refund_id:
+        result = client.retrieve_refund(refund_id=refund.provider_refund_id)
+    elif timezone.now() - refund.created_at > timedelta(hours=23):
+        result = Unknown(reason=f"refund key {refund.idempotency_key} is past Stripe's 24 h window")
+    else:
+        result = client.refund(**_refund_request(refund))
     _record_refund(refund, result, syncing=True)
     refund.refresh_from_db()
     return refund
@@ -819,8 +803,8 @@ def _sync_by_intent(purchase: Purchase) -> None:
     if not purchase.payment_intent_id:
         _void(purchase.pk)  # finds the authorization first
         return
-    with _stripe() as client:
-        found = client.retrieve_payment_intent(payment_intent_id=purchase.payment_intent_id)
+    client = stripe_client()
+    found = client.retrieve_payment_intent(payment_intent_id=purchase.payment_intent_id)
     if not isinstance(found, Succeeded | Pending):
         _schedule_sync(purchase.pk, getattr(found, "reason", str(found)))
         return

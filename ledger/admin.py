@@ -17,7 +17,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from core.admin import ReadOnlyAdmin
+from core.admin import ReadOnlyAdmin, ReadOnlyInline
 from core.errors import AppError
 from core.money import Money
 from ledger.models import Account, Entry, Hold, Transaction
@@ -96,25 +96,12 @@ class AccountAdmin(ReadOnlyAdmin):
 # --- transactions ---------------------------------------------------------------
 
 
-class EntryInline(admin.TabularInline):
+class EntryInline(ReadOnlyInline):
     model = Entry
     fields = ("account", "shard", "debit", "credit", "balance_after", "version_after")
-    readonly_fields = fields
-    extra = 0
-    max_num = 0
-    can_delete = False
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Entry]:
         return super().get_queryset(request).select_related("account")
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="Debit")
     def debit(self, entry: Entry) -> str:

@@ -28,7 +28,7 @@ import json
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import wraps
@@ -134,6 +134,19 @@ def retry_on_conflict(func: Callable[P, R] | None = None, *, atomic: bool = True
 
 
 # --- accounts -----------------------------------------------------------------
+
+
+PlatformAccount = tuple[str, str, str]  # code, type, name
+
+
+def platform_accounts(*, currency: str, accounts: Mapping[str, PlatformAccount]) -> dict[str, str]:
+    """Platform accounts by role (they may go negative, so they are hot): made on first use, and after
+    that one query finds them all. Returns role -> code."""
+    codes = [code for code, _, _ in accounts.values()]
+    if Account.objects.filter(code__in=codes).count() < len(codes):
+        for code, type_, name in accounts.values():
+            account_create(code=code, name=name, type=type_, currency=currency, allow_negative=True)
+    return {role: code for role, (code, _, _) in accounts.items()}
 
 
 def account_create(

@@ -11,17 +11,15 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin import helpers
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.template import Engine, RequestContext
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html_join
 
-from core.admin import ReadOnlyAdmin
+from core.admin import ReadOnlyAdmin, action_confirmed, action_page
 from core.errors import AppError
 from core.money import Money
 from monitoring.models import ReconciliationIssue, ReconciliationRun
@@ -35,25 +33,6 @@ from monitoring.reconciliation import (
     reconciliation_run,
 )
 
-# An intermediate form page (kept here: monitoring ships no template files of its own).
-FORM_PAGE = Engine.get_default().from_string(
-    """{% extends "admin/base_site.html" %}
-{% block breadcrumbs %}<div class="breadcrumbs"><a href="{% url 'admin:index' %}">Home</a> &rsaquo;
-<a href="{{ changelist_url }}">{{ opts.verbose_name_plural|capfirst }}</a> &rsaquo; {{ title }}</div>{% endblock %}
-{% block content %}
-{% if lines %}<ul>{% for line in lines %}<li>{{ line }}</li>{% endfor %}</ul>{% endif %}
-<p>{{ explanation }}</p>
-<form method="post">{% csrf_token %}
-{{ form.as_p }}
-{% for obj in objects %}<input type="hidden" name="{{ action_checkbox_name }}" value="{{ obj.pk }}">{% endfor %}
-{% if action %}<input type="hidden" name="action" value="{{ action }}">{% endif %}
-<input type="hidden" name="post" value="yes">
-<input type="submit" value="{{ title }}">
-<a href="{{ changelist_url }}" class="button cancel-link">Cancel</a>
-</form>
-{% endblock %}"""
-)
-
 
 def _money(minor: int | None, currency: str) -> str:
     return "" if minor is None else Money(minor, currency).format()
@@ -61,22 +40,6 @@ def _money(minor: int | None, currency: str) -> str:
 
 def _error(label: str, error: AppError) -> str:
     return f"{label}: {error.user_message} {error.action_required}"
-
-
-def _form_page(
-    model_admin: admin.ModelAdmin, request: HttpRequest, *, title: str, form: forms.Form, **extra: Any
-) -> HttpResponse:
-    opts = model_admin.model._meta
-    context = {
-        **model_admin.admin_site.each_context(request),
-        "opts": opts,
-        "title": title,
-        "form": form,
-        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-        "changelist_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"),
-        **extra,
-    }
-    return HttpResponse(FORM_PAGE.render(RequestContext(request, context)))
 
 
 # --- runs -------------------------------------------------------------------------------------
@@ -137,7 +100,7 @@ class ReconciliationRunAdmin(ReadOnlyAdmin):
                 )
                 return HttpResponseRedirect(reverse("admin:monitoring_reconciliationissue_changelist")
                                             + f"?last_seen_run__id__exact={run.pk}")  # fmt: skip
-        return _form_page(self, request, title="Run reconciliation for a day", form=form,
+        return action_page(self, request, title="Run reconciliation for a day", form=form,
                           explanation="Compares the ledger, the provider's report and our records for the day. "
                           "Running a day again reports nothing twice.")  # fmt: skip
 
@@ -221,7 +184,7 @@ class ReconciliationIssueAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Assign to another staff user…", permissions=["resolve"])
     def assign_to(self, request: HttpRequest, queryset: QuerySet[ReconciliationIssue]) -> HttpResponse | None:
-        form = AssignForm(request.POST if request.POST.get("post") == "yes" else None)
+        form = AssignForm(request.POST if action_confirmed(request) else None)
         if form.is_valid():
             assignee = form.cleaned_data["assignee"]
             self._each(request, queryset, f"Assigned to {assignee.get_username()}",
@@ -231,7 +194,7 @@ class ReconciliationIssueAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Resolve with a note…", permissions=["resolve"])
     def resolve(self, request: HttpRequest, queryset: QuerySet[ReconciliationIssue]) -> HttpResponse | None:
-        form = NoteForm(request.POST if request.POST.get("post") == "yes" else None)
+        form = NoteForm(request.POST if action_confirmed(request) else None)
         if form.is_valid():
             note = form.cleaned_data["note"]
             self._each(request, queryset, "Resolved",
@@ -241,7 +204,7 @@ class ReconciliationIssueAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Reopen…", permissions=["resolve"])
     def reopen(self, request: HttpRequest, queryset: QuerySet[ReconciliationIssue]) -> HttpResponse | None:
-        form = ReopenForm(request.POST if request.POST.get("post") == "yes" else None)
+        form = ReopenForm(request.POST if action_confirmed(request) else None)
         if form.is_valid():
             note = form.cleaned_data["note"]
             self._each(request, queryset, "Reopened",
@@ -254,5 +217,5 @@ class ReconciliationIssueAdmin(ReadOnlyAdmin):
     ) -> HttpResponse:
         issues = list(queryset[:200])
         lines = [f"{i} — {i.get_status_display()}: {i.detail}" for i in issues]
-        return _form_page(self, request, title=title, form=form, objects=issues, action=action, lines=lines,
+        return action_page(self, request, title=title, form=form, objects=issues, action=action, lines=lines,
                           explanation="Recorded in the audit log under your name.")  # fmt: skip

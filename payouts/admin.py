@@ -27,7 +27,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from core.admin import ReadOnlyAdmin, action_confirmed, confirm_money_action
+from core.admin import ReadOnlyAdmin, ReadOnlyInline, action_confirmed, action_page
 from core.errors import AppError
 from core.money import Money, MoneyError
 from core.permissions import require_permission
@@ -89,29 +89,16 @@ class ServiceActionsMixin(admin.ModelAdmin):
     def confirm(
         self, request: HttpRequest, *, action: str, title: str, objects: Sequence[Any], lines: Sequence[str]
     ) -> TemplateResponse:
-        return confirm_money_action(self, request, action=action, title=title, objects=objects, lines=lines)
+        return action_page(self, request, action=action, title=title, objects=objects, lines=lines)
 
 
 # --- cycles -----------------------------------------------------------------------------
 
 
-class BatchInline(admin.TabularInline):
+class BatchInline(ReadOnlyInline):
     model = PayoutBatch
     fk_name = "cycle"
     fields = ("batch", "provider", "status", "total", "item_count", "progress", "created_at")
-    readonly_fields = fields
-    extra = 0
-    max_num = 0
-    can_delete = False
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="Batch")
     def batch(self, batch: PayoutBatch) -> str:

@@ -47,10 +47,12 @@ from ledger.services import (
     hold_post,
     hold_void,
     holds_create_many,
+    platform_accounts,
     transaction_post,
 )
 from ledger.services import transaction_reverse as ledger_reverse
 from payouts.models import LegacyPayout, PayoutBatch, PayoutCycle, PayoutItem, RecipientType, WinnerSelection
+from providers.accounts import provider_accounts
 from providers.base import Declined, Pending, ProviderResult, Succeeded, Unknown
 from providers.paypal.client import MAX_BATCH_ITEMS, PayoutItemRequest, PayPalClient
 from providers.stripe.client import StripeProviderClient
@@ -104,11 +106,8 @@ def winnings_payable(currency: str) -> str:
 
 
 def provider_clearing(provider: str, currency: str) -> str:
-    code = f"provider:{provider}:clearing:{currency}"
-    account_create(
-        code=code, name=f"{provider} clearing ({currency})", type="asset", currency=currency, allow_negative=True
-    )
-    return code
+    clearing = {"clearing": provider_accounts(provider, currency)["clearing"]}
+    return platform_accounts(currency=currency, accounts=clearing)["clearing"]
 
 
 def winnings_fund(*, amount: Money, reference: str) -> None:

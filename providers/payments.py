@@ -33,7 +33,8 @@ from django.utils import timezone
 from core.errors import IdempotencyMismatch, InvalidRequest, InvalidStateTransition, NotFound
 from core.money import Money
 from core.permissions import require_permission
-from ledger.services import account_create, credit, debit, transaction_post
+from ledger.services import credit, debit, platform_accounts, transaction_post
+from providers.accounts import provider_accounts
 from providers.base import Declined, Pending, ProviderResult, Succeeded, Unknown
 from providers.gateways import GATEWAYS, GCashGateway, Started, is_paid
 from providers.models import Payment, PaymentAttempt, Refund
@@ -191,15 +192,12 @@ def payment_mark_succeeded(*, payment_pk: int, provider_reference: str) -> bool:
 
 
 def _ledger_accounts(provider: str, currency: str) -> dict[str, str]:
-    codes = {
-        "clearing": (f"provider:{provider}:clearing:{currency}", "asset", f"{provider} clearing ({currency})"),
+    accounts = {
+        **provider_accounts(provider, currency),
         "owed": (f"platform:customer-payments:{currency}", "liability", f"Customer payments ({currency})"),
-        "fees": (f"platform:provider-fees:{provider}:{currency}", "expense", f"{provider} fees ({currency})"),
         "revenue": (f"platform:revenue:payment-fees:{currency}", "revenue", f"Payment fee revenue ({currency})"),
     }
-    for code, type_, name in codes.values():
-        account_create(code=code, name=name, type=type_, currency=currency, allow_negative=True)
-    return {role: code for role, (code, _, _) in codes.items()}
+    return platform_accounts(currency=currency, accounts=accounts)
 
 
 def _post_payment(payment: Payment) -> None:

@@ -16,7 +16,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 
-from core.admin import ReadOnlyAdmin, action_confirmed, confirm_money_action
+from core.admin import ReadOnlyAdmin, action_confirmed, action_page
 from core.errors import AppError
 from core.money import Money
 from escrow.deals import deal_cancel, deal_release, deal_release_approve, deal_transfer_retry
@@ -96,7 +96,7 @@ class EscrowDealAdmin(ReadOnlyAdmin):
                 f"; seller gets {Money(d.seller_net_minor, d.currency).format()} after {self.commission(d)}"
                 for d in deals
             ]
-            return confirm_money_action(self, request, action=action, title=title, objects=deals, lines=lines)
+            return action_page(self, request, action=action, title=title, objects=deals, lines=lines)
         self._each(request, queryset, verb, call)
         return None
 

@@ -19,7 +19,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
-from core.admin import ReadOnlyAdmin, action_confirmed, confirm_money_action
+from core.admin import ReadOnlyAdmin, ReadOnlyInline, action_confirmed, action_page
 from core.errors import AppError
 from core.money import Money, MoneyError
 from core.services import audit_record
@@ -84,19 +84,12 @@ class PurchasableServiceAdmin(AuditedConfigAdmin):
         return ", ".join(_money(p.amount_minor, p.currency) for p in service.prices.all()) or "-"
 
 
-class PurchaseRefundInline(admin.TabularInline):
+class PurchaseRefundInline(ReadOnlyInline):
     model = PurchaseRefund
     fields = ("id", "amount", "status", "provider_refund_id", "reason", "requested_by", "failure_reason", "created_at")
-    readonly_fields = fields
-    extra = 0
-    max_num = 0
-    can_delete = False
 
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    def get_queryset(self, request: HttpRequest) -> QuerySet[PurchaseRefund]:
+        return super().get_queryset(request).select_related("purchase", "requested_by")
 
     @admin.display(description="Amount")
     def amount(self, refund: PurchaseRefund) -> str:
@@ -155,7 +148,7 @@ class PurchaseAdmin(ReadOnlyAdmin):
             f"refunded {self.refunded(p)}"
             for p in objects
         ]
-        return confirm_money_action(self, request, action=action, title=title, objects=objects, lines=lines, form=form)
+        return action_page(self, request, action=action, title=title, objects=objects, lines=lines, form=form)
 
     def _report(self, request: HttpRequest, purchase: Purchase) -> None:
         level = messages.WARNING if purchase.status in Purchase.UNKNOWN else messages.SUCCESS

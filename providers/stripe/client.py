@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -314,6 +315,23 @@ class StripeProviderClient:
         except stripe.StripeError as error:
             return outcome_of_stripe_error(error)
         return to_result(answer.to_dict())
+
+
+_thread_clients = threading.local()
+
+
+def stripe_client() -> StripeProviderClient:
+    """This thread's client, kept open: building one (its TLS context) costs more than a call.
+
+    Made again when the configuration (base URL, key, timeout) changes. Callers never close it.
+    """
+    config = (api_base("stripe"), settings.STRIPE_API_KEY, settings.PROVIDER_TIMEOUT_SECONDS)
+    cached = getattr(_thread_clients, "stripe", None)
+    if cached is None or cached[0] != config:
+        if cached is not None:
+            cached[1].close()
+        cached = _thread_clients.stripe = (config, StripeProviderClient())
+    return cached[1]
 
 
 def outcome_of_stripe_error(error: stripe.StripeError) -> Declined | Unknown:
