@@ -112,6 +112,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "monitoring.reconcile_yesterday",
         "schedule": crontab(hour=2, minute=45),
     },
+    "providers-sweep-money-movements": {"task": "providers.sweep_money_movements", "schedule": crontab()},
     "providers-sync-unknown-payments": {"task": "providers.sync_unknown_payments", "schedule": crontab(minute="*/5")},
     "payouts-sync-batches": {"task": "payouts.sync_batches", "schedule": crontab(minute="*/5")},
     "providers-sweep-webhook-events": {"task": "providers.sweep_webhook_events", "schedule": crontab(minute="*/5")},
@@ -195,6 +196,9 @@ PROVIDER_TIMEOUT_SECONDS = env.float("PROVIDER_TIMEOUT_SECONDS", default=10.0)
 # Purchases: an in-flight purchase (its provider call started, no answer recorded) older than this is
 # taken over by the sync sweeper, which re-sends under the same key.
 PURCHASE_STALE_AFTER_SECONDS = env.int("PURCHASE_STALE_AFTER_SECONDS", default=120)
+# The money-moving protocol: how long a worker owns a movement it is sending, and how old an unanswered
+# intent gets before the sweeper takes it over. Keep it above the longest provider call with its retries.
+PROTOCOL_CLAIM_SECONDS = env.int("PROTOCOL_CLAIM_SECONDS", default=120)
 # Escrow deals (escrow/deals.py). Releases above this amount (minor units) need a second staff user's approval.
 ESCROW_APPROVAL_THRESHOLD_MINOR = env.int("ESCROW_APPROVAL_THRESHOLD_MINOR", default=1_000_000)
 # A held deal's timeout policy applies this long after its deadline.

@@ -1,5 +1,11 @@
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class TimestampedModel(models.Model):
@@ -8,6 +14,34 @@ class TimestampedModel(models.Model):
 
     class Meta:
         abstract = True
+
+
+class StatusMachine:
+    """The one status mover: a model with `status` and a `TRANSITIONS` table moves only along it.
+
+    Webhooks, pollers, sweepers and people race on the same rows, so a move is one conditional
+    update (`filter(pk=, status__in=sources).update(status=target)`) and the row count says who won.
+    """
+
+    TRANSITIONS: ClassVar[dict[str, set[str]]]
+
+    @classmethod
+    def status_move(cls, pk: Any, target: str, *, sources: Iterable[str] | None = None, **fields: Any) -> bool:
+        """Move row `pk` to `target` from any status of `sources` (default: every status allowed to reach it).
+
+        Naming a source that may not reach `target` is a bug and raises ValueError. False: another writer
+        moved the row first (or it was never in a source status).
+        """
+        allowed = [status for status, targets in cls.TRANSITIONS.items() if target in targets]
+        if sources is not None:
+            named = [sources] if isinstance(sources, str) else list(sources)
+            wrong = [status for status in named if status not in allowed]
+            if wrong:
+                raise ValueError(f"{cls.__name__}: {wrong} -> {target} is not in TRANSITIONS")
+            allowed = named
+        manager = cls._default_manager  # type: ignore[attr-defined]
+        moved = manager.filter(pk=pk, status__in=allowed).update(status=target, updated_at=timezone.now(), **fields)
+        return bool(moved)
 
 
 class AuditLog(models.Model):

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from core.models import TimestampedModel
+from core.models import StatusMachine, TimestampedModel
 
 
 class PayoutCycle(TimestampedModel):
@@ -54,7 +54,7 @@ class WinnerSelection(TimestampedModel):
         return f"selection {self.pk}: user {self.user_id} {self.amount_minor} {self.currency}"
 
 
-class PayoutBatch(TimestampedModel):
+class PayoutBatch(StatusMachine, TimestampedModel):
     class Status(models.TextChoices):
         PREPARED = "prepared"  # waiting for a second staff user's approval
         APPROVED = "approved"
@@ -115,7 +115,7 @@ class PayoutBatch(TimestampedModel):
 LIVE_ITEM_STATUSES = ("NEW", "UNKNOWN", "PENDING", "UNCLAIMED", "ONHOLD", "SUCCESS")
 
 
-class PayoutItem(TimestampedModel):
+class PayoutItem(StatusMachine, TimestampedModel):
     class Status(models.TextChoices):
         NEW = "NEW"  # prepared, not yet sent
         UNKNOWN = "UNKNOWN"  # its batch's submission outcome is unknown

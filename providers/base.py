@@ -50,6 +50,16 @@ class Unknown:
 ProviderResult = Succeeded | Declined | Pending | Unknown
 
 
+@dataclass(frozen=True)
+class Absent:
+    """A look-up's authoritative answer that the provider has no such object: the request never took effect."""
+
+    reason: str = "not found at the provider"
+
+
+LookupResult = ProviderResult | Absent
+
+
 class InvalidSignature(Exception):
     """A webhook that is not what the provider sent: bad, missing or stale signature."""
 

@@ -2,7 +2,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
 
-from core.models import TimestampedModel
+from core.models import StatusMachine, TimestampedModel
 
 
 class WebhookEvent(TimestampedModel):
@@ -147,7 +147,7 @@ class RoutingDecision(models.Model):
         return f"{self.amount_minor} {self.currency} -> {first}"
 
 
-class Payment(TimestampedModel):
+class Payment(StatusMachine, TimestampedModel):
     """A customer payment, routed to a provider; the row is the truth, provider calls follow it.
 
     Statuses move forward only (see TRANSITIONS); `unknown` means a provider
@@ -257,3 +257,78 @@ class Refund(TimestampedModel):
 
     def __str__(self) -> str:
         return f"refund {self.amount_minor} of {self.payment_id} ({self.status})"
+
+
+# --- the money-moving protocol (providers/protocol/) ----------------------------------------
+
+
+class MovementStatus(models.TextChoices):
+    PENDING = "pending", "Sending"  # intent committed; the call is being made (or the process died making it)
+    WAITING = "waiting", "Accepted, waiting for the provider"  # the provider took it; the outcome comes later
+    UNKNOWN = "unknown", "Outcome unknown"  # sticky: only a success or a look-up resolves it
+    SUCCEEDED = "succeeded", "Done"
+    DECLINED = "declined", "Not done"  # known not to have happened
+
+
+class ProviderIntent(StatusMachine, models.Model):
+    """The fields every intent row of the protocol carries (DESIGN.md section 5).
+
+    The row is committed, with its deterministic `key`, before any call; `status` follows the
+    provider's answers; `next_sync_at` is when the sweeper looks again (never empty while the row is
+    open, unless the schedule ran out and a staff alert was raised).
+    """
+
+    Status = MovementStatus
+    OPEN = (Status.PENDING, Status.WAITING, Status.UNKNOWN)
+    FINAL = (Status.SUCCEEDED, Status.DECLINED)
+    TRANSITIONS: dict[str, set[str]] = {
+        Status.PENDING: {Status.WAITING, Status.UNKNOWN, Status.SUCCEEDED, Status.DECLINED},
+        Status.WAITING: {Status.UNKNOWN, Status.SUCCEEDED, Status.DECLINED},
+        Status.UNKNOWN: {Status.WAITING, Status.SUCCEEDED, Status.DECLINED},
+        Status.SUCCEEDED: set(),
+        Status.DECLINED: set(),
+    }
+
+    key = models.CharField(max_length=255, unique=True, help_text="Our idempotency key at the provider.")
+    provider = models.CharField(max_length=20)
+    provider_reference = models.CharField(max_length=255, blank=True, db_index=True)
+    status = models.CharField(max_length=20, choices=MovementStatus.choices, default=MovementStatus.PENDING)
+    sync_attempts = models.PositiveSmallIntegerField(default=0)
+    next_sync_at = models.DateTimeField(null=True, blank=True)
+    failure_reason = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+class MoneyMovement(ProviderIntent, TimestampedModel):
+    """One call that moves money at a provider: a capture, a refund, a transfer, a payout batch...
+
+    `operation` names the domain's recipe (providers.protocol.operations); `subject_id` is the domain
+    row it acts for (a deal, a purchase, a payment attempt, a refund, a payout batch or item).
+    """
+
+    operation = models.CharField(max_length=60)
+    subject_id = models.BigIntegerField()
+    amount_minor = models.BigIntegerField(default=0)
+    currency = models.CharField(max_length=3, blank=True)
+    sends = models.PositiveIntegerField(default=0, help_text="Times claimed to send or look up.")
+    first_sent_at = models.DateTimeField(null=True, blank=True)
+    claimed_until = models.DateTimeField(null=True, blank=True, help_text="A worker is on it until then.")
+    was_unknown = models.BooleanField(default=False, help_text="Once unknown, a refused re-send proves nothing.")
+    escalated_at = models.DateTimeField(null=True, blank=True, help_text="The schedule ran out: staff alerted.")
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["status", "next_sync_at"], name="movement_status_next_sync"),
+            models.Index(fields=["operation", "subject_id"], name="movement_operation_subject"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount_minor__gte=0), name="movement_amount_not_negative"),
+        ]
+        permissions = [("sync_moneymovement", "Can ask the provider about a money movement now")]
+
+    def __str__(self) -> str:
+        return f"{self.operation} {self.key} ({self.status})"

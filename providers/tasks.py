@@ -3,6 +3,7 @@
 from celery import shared_task
 
 from providers.payments import payments_sync_due, refunds_sync_unknown
+from providers.protocol import movement_sync, movements_sweep
 from providers.webhooks import webhook_events_sweep, webhook_process
 
 
@@ -20,3 +21,15 @@ def sweep_webhook_events_task() -> int:
 def sync_unknown_payments_task() -> int:
     """Resolve payments and refunds whose outcome at the provider is unknown, on schedule."""
     return payments_sync_due() + refunds_sync_unknown()
+
+
+@shared_task(name="providers.sweep_money_movements")
+def sweep_money_movements_task() -> int:
+    """Every open money movement of every operation whose next look is due (DESIGN.md section 5, step 6)."""
+    return movements_sweep()
+
+
+@shared_task(name="providers.sync_money_movement", acks_late=True)
+def sync_money_movement_task(movement_pk: int) -> str:
+    """A nudge (a webhook arrived for a movement): look it up now if nobody is on it."""
+    return movement_sync(movement_id=movement_pk, force=True).status

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
 
-from core.models import TimestampedModel
+from core.models import StatusMachine, TimestampedModel
 
 __all__ = ["CommissionTier", "EscrowDeal", "EscrowTransferReversal", "SellerAccount"]
 
@@ -51,7 +51,7 @@ class SellerAccount(TimestampedModel):
         return self.stripe_account_id
 
 
-class EscrowDeal(TimestampedModel):
+class EscrowDeal(StatusMachine, TimestampedModel):
     class Status(models.TextChoices):
         CREATED = "created"  # intent recorded; the hold is being placed (or its outcome is unknown)
         HELD = "held"  # the buyer's money is authorized or captured into escrow

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
 
-from core.models import TimestampedModel
+from core.models import StatusMachine, TimestampedModel
 
 __all__ = ["PurchasableService", "Purchase", "PurchaseRefund", "ServicePrice"]
 
@@ -61,7 +61,7 @@ class ServicePrice(TimestampedModel):
         return f"{self.service_id} {self.amount_minor} {self.currency}"
 
 
-class Purchase(TimestampedModel):
+class Purchase(StatusMachine, TimestampedModel):
     """One purchase of a service by a client-app user; the row is the truth, provider calls follow it."""
 
     class Status(models.TextChoices):
