@@ -59,6 +59,17 @@ class Absent:
 
 LookupResult = ProviderResult | Absent
 
+FOUND_FAILED = "found_failed"
+
+
+def found_failed(reason: str, raw: dict[str, Any] | None = None) -> Declined:
+    """A look-up found the object in a failed state (a refund failed, an authorization canceled): known not done.
+
+    The only `Declined` a look-up may give: any other refusal of a look-up (429, 4xx, not sent) says nothing
+    about the money and the protocol treats it as Unknown.
+    """
+    return Declined(reason=reason, code=FOUND_FAILED, raw=raw or {})
+
 
 class InvalidSignature(Exception):
     """A webhook that is not what the provider sent: bad, missing or stale signature."""

@@ -32,7 +32,7 @@ from django.utils import timezone
 from core.alerts import alert_raise
 from core.models import Alert
 from core.money import Money
-from providers.base import Absent, Declined, LookupResult, Pending, ProviderResult, Succeeded, Unknown
+from providers.base import FOUND_FAILED, Absent, Declined, LookupResult, Pending, ProviderResult, Succeeded, Unknown
 from providers.models import MoneyMovement
 from providers.protocol.operations import Operation, operation_get
 from providers.retry import call_provider
@@ -177,10 +177,12 @@ def _look_up(recipe: Operation, movement: MoneyMovement) -> LookupResult | None:
         return answers[-1] if answers[-1] is not None else Absent()
 
     method = f"{recipe.method or recipe.name}.look_up"
-    outcome = call_provider(recipe.provider, method, ask, idempotent=True)
+    outcome: Any = call_provider(recipe.provider, method, ask, idempotent=True)
     if answers and answers[-1] is None:
         return None
-    return outcome  # type: ignore[return-value]
+    if isinstance(outcome, Declined) and outcome.code != FOUND_FAILED:
+        return Unknown(reason=f"the look-up was refused ({outcome.code}): {outcome.reason}")  # proves nothing
+    return outcome
 
 
 # --- 3. recording ------------------------------------------------------------------------------

@@ -49,7 +49,9 @@ class Operation:
         """Find what the provider did, without moving money: its answer is authoritative.
 
         `Absent` means the provider has no such object (the request never took effect); `Unknown`
-        means it could not say. None: this operation has no look-up, so only a keyed re-send inside
+        means it could not say. The only decline a look-up gives is `providers.base.found_failed(...)`:
+        the object exists in a failed state. Any other `Declined` from a look-up (a 429, a 4xx, not sent)
+        is treated as Unknown by the engine. None: this operation has no look-up, so only a keyed re-send inside
         the provider's key window can find out, and only its positive answers count.
         """
         return None
