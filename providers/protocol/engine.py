@@ -65,16 +65,23 @@ def movement_key(base: str, attempt: int = 1) -> str:
 # --- 1. intent ---------------------------------------------------------------------------------
 
 
-def movement_record(*, operation: str, subject_id: int, key: str, amount: Money | None = None) -> MoneyMovement:
-    """Record the intent (in the caller's transaction); the same key again returns the same movement."""
+def movement_record(
+    *, operation: str, subject_id: int, key: str, amount: Money | None = None, provider: str = ""
+) -> MoneyMovement:
+    """Record the intent (in the caller's transaction); the same key again returns the same movement.
+
+    `provider` is needed only for operations whose provider varies (a customer payment's route)."""
     recipe = operation_get(operation)
+    provider = provider or recipe.provider
+    if not provider:
+        raise ValueError(f"{operation} needs the provider of each movement")
     now = timezone.now()
     movement, created = MoneyMovement.objects.get_or_create(
         key=key,
         defaults={
             "operation": operation,
             "subject_id": subject_id,
-            "provider": recipe.provider,
+            "provider": provider,
             "amount_minor": amount.minor if amount is not None else 0,
             "currency": amount.currency if amount is not None else "",
             "next_sync_at": now + timedelta(seconds=claim_seconds()),
@@ -155,16 +162,17 @@ def _ask(recipe: Operation, movement: MoneyMovement) -> tuple[ProviderResult, bo
         return _send(recipe, movement), True  # known never to have taken effect: this is the first send
     if found is not None:
         return found, True
-    inside_window = timezone.now() - movement.first_sent_at < recipe.key_window  # type: ignore[operator]
+    inside_window = timezone.now() - movement.first_sent_at < recipe.key_window(movement)  # type: ignore[operator]
     if inside_window and movement.status != Status.WAITING:
         return _send(recipe, movement), False  # a keyed replay: only its positive answer counts
-    return Unknown(reason=f"{movement.key}: no look-up at {recipe.provider} and outside its key window"), False
+    return Unknown(reason=f"{movement.key}: no look-up at {movement.provider} and outside its key window"), False
 
 
 def _send(recipe: Operation, movement: MoneyMovement) -> ProviderResult:
-    retry_safe = recipe.key_window > timedelta(0)  # a repeat is the same keyed request, answered once
     method = recipe.method or recipe.name
-    return call_provider(recipe.provider, method, lambda: recipe.send(movement), idempotent=retry_safe)
+    return call_provider(
+        movement.provider, method, lambda: recipe.send(movement), idempotent=recipe.retry_safe(movement)
+    )
 
 
 def _look_up(recipe: Operation, movement: MoneyMovement) -> LookupResult | None:
@@ -177,7 +185,7 @@ def _look_up(recipe: Operation, movement: MoneyMovement) -> LookupResult | None:
         return answers[-1] if answers[-1] is not None else Absent()
 
     method = f"{recipe.method or recipe.name}.look_up"
-    outcome: Any = call_provider(recipe.provider, method, ask, idempotent=True)
+    outcome: Any = call_provider(movement.provider, method, ask, idempotent=True)
     if answers and answers[-1] is None:
         return None
     if isinstance(outcome, Declined) and outcome.code != FOUND_FAILED:

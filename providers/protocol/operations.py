@@ -33,12 +33,16 @@ KEY_WINDOWS = {
 
 class Operation:
     name: ClassVar[str]  # "escrow.capture": unique; stored on every movement row
-    provider: ClassVar[str]  # "stripe", "paypal", "maya", "gcash"
+    provider: ClassVar[str]  # "stripe", "paypal", "maya", "gcash"; "" when each movement names its own
     method: ClassVar[str] = ""  # availability and breaker figures are kept per provider and method
 
-    @property
-    def key_window(self) -> timedelta:
-        return KEY_WINDOWS[self.provider]
+    def key_window(self, movement: MoneyMovement) -> timedelta:
+        """How long the movement's provider answers a keyed re-send with the first outcome."""
+        return KEY_WINDOWS[movement.provider]
+
+    def retry_safe(self, movement: MoneyMovement) -> bool:
+        """May the engine's retry loop repeat the call at once? Only a keyed request the provider replays."""
+        return self.key_window(movement) > timedelta(0)
 
     # --- calling (no transaction is open; never raise for a provider's answer)
     def send(self, movement: MoneyMovement) -> ProviderResult:
