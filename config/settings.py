@@ -113,7 +113,6 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": crontab(hour=2, minute=45),
     },
     "providers-sweep-money-movements": {"task": "providers.sweep_money_movements", "schedule": crontab()},
-    "providers-sync-unknown-payments": {"task": "providers.sync_unknown_payments", "schedule": crontab(minute="*/5")},
     "payouts-sync-batches": {"task": "payouts.sync_batches", "schedule": crontab(minute="*/5")},
     "providers-sweep-webhook-events": {"task": "providers.sweep_webhook_events", "schedule": crontab(minute="*/5")},
     "core-purge-idempotency-keys": {

@@ -6,8 +6,10 @@ class ProvidersConfig(AppConfig):
     verbose_name = "Payment providers"
 
     def ready(self) -> None:
+        from providers.payment_operations import register_payment_operations
         from providers.payment_webhooks import register_payment_handlers
         from providers.verifiers import register_verifiers
 
         register_verifiers()
         register_payment_handlers()
+        register_payment_operations()

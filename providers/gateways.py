@@ -1,166 +1,173 @@
-"""Customer-payment adapters: one per provider, the same four calls for the orchestrator.
+"""Customer-payment adapters: one per provider, the same calls for the orchestrator's operations.
 
-Each call uses the deterministic key of the attempt or refund row it was given,
-so a repeat (a retry, a sync) is the same request to the provider:
-- `start`: begin the payment (charge a card, or open a checkout the customer completes);
-- `resolve`: the truth about an attempt whose outcome was unknown, by our key;
-- `refund` / `resolve_refund`: refund part of a payment, and find out what happened to one.
+Each call uses the key of the money movement it serves, so a repeat is the same request:
+- `start` / `look_up_start`: begin the payment (charge a card, or open a checkout the customer
+  completes), and find it by our key without starting it again;
+- `refund` / `look_up_refund`: refund part of a payment, and find that refund by our key.
+A look-up answers with the object's state: `Succeeded` (paid / refunded), `Pending`, `Absent` (never
+made) or `found_failed` (made and failed); errors are passed through (the protocol treats them as unknown).
 PayPal is not here: it is used for payouts only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 from django.conf import settings
 
-from providers.base import Declined, Pending, ProviderResult, Succeeded
+from providers.base import Absent, Declined, LookupResult, Pending, ProviderResult, Succeeded, found_failed
 from providers.gcash.client import PayMongoClient
 from providers.maya.client import MayaClient
-from providers.models import Payment, PaymentAttempt, Refund
-from providers.stripe.client import StripeProviderClient
+from providers.models import Payment, Refund
+from providers.stripe.client import stripe_client
 
 PAID_STATUSES = frozenset({"succeeded", "paid", "SUCCESS", "PAYMENT_SUCCESS"})
-
-
-@dataclass(frozen=True)
-class Started:
-    result: ProviderResult
-    redirect_url: str = ""
+STRIPE_FAILED_INTENT = frozenset({"requires_payment_method", "canceled"})
 
 
 class PaymentGateway(Protocol):
     provider: str
-    refunds_replay: bool  # does the provider answer a repeated keyed refund with the first one?
 
-    def start(self, payment: Payment, attempt: PaymentAttempt) -> Started: ...
-    def resolve(self, payment: Payment, attempt: PaymentAttempt) -> ProviderResult: ...
-    def refund(self, payment: Payment, refund: Refund) -> ProviderResult: ...
-    def resolve_refund(self, payment: Payment, refund: Refund) -> ProviderResult: ...
+    def start(self, payment: Payment, key: str) -> ProviderResult: ...
+    def look_up_start(self, payment: Payment, key: str, reference: str) -> LookupResult | None: ...
+    def refund(self, payment: Payment, refund: Refund, key: str) -> ProviderResult: ...
+    def look_up_refund(self, payment: Payment, refund: Refund, key: str, reference: str) -> LookupResult | None: ...
+
+
+def redirect_url(result: ProviderResult) -> str:
+    """Where the customer completes a checkout (Maya, GCash), from the provider's answer."""
+    if not isinstance(result, Pending):
+        return ""
+    gcash = result.raw.get("attributes", {}).get("redirect", {}).get("checkout_url", "")
+    return str(gcash or result.raw.get("redirectUrl", ""))
 
 
 def _return_url(payment: Payment, outcome: str) -> str:
     return f"{settings.PAYMENT_RETURN_URL.rstrip('/')}/{payment.reference}/{outcome}"
 
 
+def _state(found: ProviderResult, failed: frozenset[str] = frozenset()) -> LookupResult:
+    """A found object's state: failed statuses are `found_failed`; errors pass through as they are."""
+    if isinstance(found, Succeeded | Pending) and found.status in failed:
+        return found_failed(f"{found.reference} is {found.status}", found.raw)
+    if isinstance(found, Declined) and found.code == "not_found":
+        return Absent(found.reason)
+    return found
+
+
 class StripeCardGateway:
     provider = "stripe"
-    refunds_replay = True
 
-    def _intent(self, payment: Payment, attempt: PaymentAttempt) -> dict:
-        return {
-            "amount_minor": payment.amount_minor,
-            "currency": payment.currency,
-            "payment_method": payment.payment_method_token,
-            "idempotency_key": attempt.idempotency_key,
-            "capture": "automatic",
-            "metadata": {"payment": payment.reference},
-        }
-
-    def start(self, payment: Payment, attempt: PaymentAttempt) -> Started:
+    def start(self, payment: Payment, key: str) -> ProviderResult:
         if not payment.payment_method_token:
-            return Started(Declined(reason="a card payment needs a payment method token", code="missing_card"))
-        client = StripeProviderClient()
-        try:
-            return Started(client.create_payment_intent(**self._intent(payment, attempt)))
-        finally:
-            client.close()
+            return Declined(reason="a card payment needs a payment method token", code="missing_card")
+        return stripe_client().create_payment_intent(
+            amount_minor=payment.amount_minor,
+            currency=payment.currency,
+            payment_method=payment.payment_method_token,
+            idempotency_key=key,
+            capture="automatic",
+            metadata={"payment": payment.reference},
+        )
 
-    def resolve(self, payment: Payment, attempt: PaymentAttempt) -> ProviderResult:
-        client = StripeProviderClient()
-        try:  # replays the create under the same key, inside Stripe's 24 h window
-            return client.sync_payment_intent(first_attempt_at=attempt.created_at, **self._intent(payment, attempt))
-        finally:
-            client.close()
+    def look_up_start(self, payment: Payment, key: str, reference: str) -> LookupResult:
+        if reference:
+            return _state(stripe_client().retrieve_payment_intent(payment_intent_id=reference), STRIPE_FAILED_INTENT)
+        return _state(stripe_client().find_payment_intent(idempotency_key=key), STRIPE_FAILED_INTENT)
 
-    def refund(self, payment: Payment, refund: Refund) -> ProviderResult:
-        client = StripeProviderClient()
-        try:
-            return client.refund(
-                payment_intent_id=payment.provider_reference,
-                idempotency_key=refund.idempotency_key,
-                amount_minor=refund.amount_minor,
-            )
-        finally:
-            client.close()
+    def refund(self, payment: Payment, refund: Refund, key: str) -> ProviderResult:
+        return stripe_client().refund(
+            payment_intent_id=payment.provider_reference,
+            idempotency_key=key,
+            amount_minor=refund.amount_minor,
+            metadata={"payment": payment.reference},
+        )
 
-    resolve_refund = refund  # a keyed replay answers with the first refund
+    def look_up_refund(self, payment: Payment, refund: Refund, key: str, reference: str) -> LookupResult:
+        if reference:
+            return stripe_client().retrieve_refund(refund_id=reference)
+        return stripe_client().find_refund(payment_intent_id=payment.provider_reference, idempotency_key=key)
 
 
 class GCashGateway:
     provider = "gcash"
-    refunds_replay = True
 
-    def start(self, payment: Payment, attempt: PaymentAttempt) -> Started:
-        result = PayMongoClient().source_create(
+    def start(self, payment: Payment, key: str) -> ProviderResult:
+        return PayMongoClient().source_create(
             amount_minor=payment.amount_minor,
             currency=payment.currency,
             success_url=_return_url(payment, "success"),
             failed_url=_return_url(payment, "failed"),
-            idempotency_key=attempt.idempotency_key,
+            idempotency_key=key,
         )
-        redirect = result.raw.get("attributes", {}).get("redirect", {}).get("checkout_url", "")
-        return Started(result, redirect if isinstance(result, Pending) else "")
 
-    def resolve(self, payment: Payment, attempt: PaymentAttempt) -> ProviderResult:
-        return self.start(payment, attempt).result  # PayMongo replays a keyed create
+    def look_up_start(self, payment: Payment, key: str, reference: str) -> LookupResult | None:
+        """A source the customer authorized (`chargeable`) is done for this step: the charge follows."""
+        if not reference:
+            return None  # PayMongo finds sources by id only; a keyed re-send inside its window answers instead
+        found = PayMongoClient().source_get(source_id=reference)
+        if isinstance(found, Pending) and found.status == "chargeable":
+            return Succeeded(reference=found.reference, status="chargeable", raw=found.raw)
+        return _state(found)
 
-    def charge(self, payment: Payment, attempt: PaymentAttempt, source_id: str) -> ProviderResult:
+    def charge(self, payment: Payment, source_id: str, key: str) -> ProviderResult:
         """The customer authorized the source: take the money from it, once."""
         return PayMongoClient().payment_create(
             source_id=source_id,
             amount_minor=payment.amount_minor,
             currency=payment.currency,
-            idempotency_key=f"{attempt.idempotency_key}:charge",
+            idempotency_key=key,
             description=payment.reference,
         )
 
-    def refund(self, payment: Payment, refund: Refund) -> ProviderResult:
+    def refund(self, payment: Payment, refund: Refund, key: str) -> ProviderResult:
         return PayMongoClient().refund_create(
             payment_id=payment.provider_reference,
             amount_minor=refund.amount_minor,
             currency=payment.currency,
             reason="requested_by_customer",
-            idempotency_key=refund.idempotency_key,
+            idempotency_key=key,
         )
 
-    resolve_refund = refund  # PayMongo replays a keyed create
+    def look_up_refund(self, payment: Payment, refund: Refund, key: str, reference: str) -> LookupResult | None:
+        if not reference:
+            return None  # found by id only: a keyed re-send inside PayMongo's window answers instead
+        return _state(PayMongoClient().refund_get(refund_id=reference))
 
 
 class MayaGateway:
     provider = "maya"
-    refunds_replay = False  # a repeated refund could pay out twice: look it up instead
 
-    def start(self, payment: Payment, attempt: PaymentAttempt) -> Started:
-        result = MayaClient().checkout_create(
+    def start(self, payment: Payment, key: str) -> ProviderResult:
+        return MayaClient().checkout_create(
             amount_minor=payment.amount_minor,
             currency=payment.currency,
-            request_reference_number=attempt.idempotency_key,
+            request_reference_number=key,
             success_url=_return_url(payment, "success"),
             failure_url=_return_url(payment, "failed"),
             cancel_url=_return_url(payment, "cancelled"),
         )
-        redirect = str(result.raw.get("redirectUrl", "")) if isinstance(result, Pending) else ""
-        return Started(result, redirect)
 
-    def resolve(self, payment: Payment, attempt: PaymentAttempt) -> ProviderResult:
-        return MayaClient().payment_find(request_reference_number=attempt.idempotency_key)
+    def look_up_start(self, payment: Payment, key: str, reference: str) -> LookupResult:
+        found = MayaClient().payment_find(request_reference_number=key)
+        if isinstance(found, Declined) and found.code != "not_found" and found.raw.get("id"):
+            return found_failed(found.reason, found.raw)  # the customer's payment failed, expired or was cancelled
+        return _state(found)
 
-    def refund(self, payment: Payment, refund: Refund) -> ProviderResult:
+    def refund(self, payment: Payment, refund: Refund, key: str) -> ProviderResult:
         return MayaClient().payment_refund(
             payment_id=payment.provider_reference,
             amount_minor=refund.amount_minor,
             currency=payment.currency,
             reason="requested by customer",
-            request_reference_number=refund.idempotency_key,
+            request_reference_number=key,
         )
 
-    def resolve_refund(self, payment: Payment, refund: Refund) -> ProviderResult:
-        # Maya does not replay refunds: look the refund up, never send it again.
-        return MayaClient().refund_find(
-            payment_id=payment.provider_reference, request_reference_number=refund.idempotency_key
-        )
+    def look_up_refund(self, payment: Payment, refund: Refund, key: str, reference: str) -> LookupResult:
+        found = MayaClient().refund_find(payment_id=payment.provider_reference, request_reference_number=key)
+        if isinstance(found, Declined) and found.code == "FAILED":
+            return found_failed(found.reason, found.raw)
+        return _state(found)
 
 
 GATEWAYS: dict[str, PaymentGateway] = {

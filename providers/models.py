@@ -151,7 +151,7 @@ class Payment(StatusMachine, TimestampedModel):
     """A customer payment, routed to a provider; the row is the truth, provider calls follow it.
 
     Statuses move forward only (see TRANSITIONS); `unknown` means a provider
-    may have taken the money and a sync will find out. The refunded total
+    may have taken the money and the protocol's sweeper will find out. The refunded total
     (succeeded plus in-flight refunds) never exceeds the amount.
     """
 
@@ -186,12 +186,10 @@ class Payment(StatusMachine, TimestampedModel):
     refunded_minor = models.BigIntegerField(default=0, help_text="Succeeded and in-flight refunds.")
     failure_reason = models.CharField(max_length=255, blank=True)
     routing_decision = models.ForeignKey(RoutingDecision, null=True, blank=True, on_delete=models.PROTECT)
-    sync_attempts = models.PositiveSmallIntegerField(default=0)
-    next_sync_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]
-        indexes = [models.Index(fields=["status", "next_sync_at"])]
+        indexes = [models.Index(fields=["status"], name="payment_status")]
         constraints = [
             models.UniqueConstraint(fields=["user", "client_key"], name="payment_once_per_client_key"),
             models.CheckConstraint(condition=Q(amount_minor__gt=0), name="payment_amount_positive"),

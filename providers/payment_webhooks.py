@@ -1,50 +1,74 @@
-"""Webhook handlers that complete customer payments. Each only moves a payment forward,
-so duplicates and any delivery order are harmless."""
+"""Webhook handlers for customer payments: each records the provider's word on one money movement.
+
+`movement_resolve` records an outcome once and only forward, so duplicates and any delivery order are
+harmless. A handler never calls a provider: it runs inside the webhook's processing transaction, and any
+next step a movement records (a GCash charge) is sent after that transaction commits.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from providers.models import Payment, PaymentAttempt, WebhookEvent
-from providers.payments import gcash_source_chargeable, payment_mark_failed, payment_mark_succeeded
+from core.errors import NotFound
+from providers.base import Succeeded, found_failed
+from providers.models import MoneyMovement, Payment, PaymentAttempt, WebhookEvent
+from providers.protocol import movement_latest, movement_resolve
 from providers.webhooks import register_handler
 
 
-def _payment_of_attempt(**lookup: str) -> Payment | None:
-    attempt = PaymentAttempt.objects.select_related("payment").filter(**lookup).first()
-    return attempt.payment if attempt else None
+def _attempt(**lookup: str) -> PaymentAttempt:
+    attempt = PaymentAttempt.objects.filter(**lookup).first()
+    if attempt is None:  # the call that creates it has not returned yet: the webhook sweeper tries again
+        raise NotFound(f"no payment attempt with {lookup}")
+    return attempt
+
+
+def _movement(operation: str, attempt: PaymentAttempt) -> MoneyMovement:
+    movement = movement_latest(operation=operation, subject_id=attempt.pk)
+    if movement is None:
+        raise NotFound(f"no {operation} movement for attempt {attempt.pk} yet")
+    return movement
 
 
 def stripe_payment_succeeded(event: WebhookEvent, body: dict[str, Any]) -> None:
     intent = body["data"]["object"]
-    payment = Payment.objects.filter(reference=intent.get("metadata", {}).get("payment", "")).first()
-    if payment is not None:
-        payment_mark_succeeded(payment_pk=payment.pk, provider_reference=intent["id"])
+    metadata = intent.get("metadata") or {}
+    payment = Payment.objects.filter(reference=str(metadata.get("payment", ""))).first()
+    if payment is None:
+        return  # not a customer payment (escrow and purchases have their own handlers)
+    key = str(metadata.get("idempotency_key", ""))
+    attempt = _attempt(idempotency_key=key) if key else _attempt(payment=payment, provider="stripe")
+    movement_resolve(
+        movement=_movement("payment.start", attempt), result=Succeeded(reference=intent["id"], status=intent["status"])
+    )
 
 
 def gcash_source_authorized(event: WebhookEvent, body: dict[str, Any]) -> None:
-    gcash_source_chargeable(source_id=body["data"]["attributes"]["data"]["id"])
+    source = body["data"]["attributes"]["data"]
+    attempt = _attempt(provider="gcash", provider_reference=source["id"])
+    movement_resolve(movement=_movement("payment.start", attempt), result=Succeeded(source["id"], "chargeable"))
 
 
 def gcash_payment_finished(event: WebhookEvent, body: dict[str, Any]) -> None:
     paid = body["data"]["attributes"]["data"]
-    payment = _payment_of_attempt(provider_reference=paid["attributes"]["source"]["id"])
-    if payment is None:
-        return
-    if paid["attributes"]["status"] == "paid":
-        payment_mark_succeeded(payment_pk=payment.pk, provider_reference=paid["id"])
-    else:
-        payment_mark_failed(payment_pk=payment.pk, reason=f"GCash payment {paid['attributes']['status']}")
+    attempt = _attempt(provider="gcash", provider_reference=paid["attributes"]["source"]["id"])
+    status = paid["attributes"]["status"]
+    result = (
+        Succeeded(reference=paid["id"], status=status)
+        if status == "paid"
+        else found_failed(f"GCash payment {paid['id']} {status}", paid)
+    )
+    movement_resolve(movement=_movement("payment.charge", attempt), result=result)
 
 
 def maya_payment_finished(event: WebhookEvent, body: dict[str, Any]) -> None:
-    payment = _payment_of_attempt(idempotency_key=body["requestReferenceNumber"])
-    if payment is None:
-        return
-    if body["status"] == "PAYMENT_SUCCESS":
-        payment_mark_succeeded(payment_pk=payment.pk, provider_reference=body["id"])
-    else:
-        payment_mark_failed(payment_pk=payment.pk, reason=f"Maya: {body['status']}")
+    attempt = _attempt(provider="maya", idempotency_key=body["requestReferenceNumber"])
+    result = (
+        Succeeded(reference=body["id"], status=body["status"])
+        if body["status"] == "PAYMENT_SUCCESS"
+        else found_failed(f"Maya: {body['status']}", body)
+    )
+    movement_resolve(movement=_movement("payment.start", attempt), result=result)
 
 
 def register_payment_handlers() -> None:

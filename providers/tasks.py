@@ -2,7 +2,6 @@
 
 from celery import shared_task
 
-from providers.payments import payments_sync_due, refunds_sync_unknown
 from providers.protocol import movement_sync, movements_sweep
 from providers.webhooks import webhook_events_sweep, webhook_process
 
@@ -16,11 +15,6 @@ def process_webhook_event_task(event_pk: int) -> str:
 def sweep_webhook_events_task() -> int:
     return webhook_events_sweep()
 
-
-@shared_task(name="providers.sync_unknown_payments")
-def sync_unknown_payments_task() -> int:
-    """Resolve payments and refunds whose outcome at the provider is unknown, on schedule."""
-    return payments_sync_due() + refunds_sync_unknown()
 
 
 @shared_task(name="providers.sweep_money_movements")

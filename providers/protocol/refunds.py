@@ -36,6 +36,7 @@ class RefundBook:
     refunded_field: str | None  # succeeded refunds, where the parent keeps the total
     operation: str  # the protocol operation that sends a refund: "payment.refund", "purchase.refund"
     key: Callable[[Any], str]  # the refund's idempotency key, from the refund row
+    provider_of: Callable[[Any], str] | None = None  # the parent's provider, where it varies (payments)
 
     OPEN = ("pending", "unknown")
 
@@ -73,7 +74,11 @@ def refund_reserve(
             **{book.parent_field: parent, "client_key": client_key, "amount_minor": wanted, **(fields or {})}
         )
         movement = movement_record(
-            operation=book.operation, subject_id=refund.pk, key=book.key(refund), amount=Money(wanted, parent.currency)
+            operation=book.operation,
+            subject_id=refund.pk,
+            key=book.key(refund),
+            amount=Money(wanted, parent.currency),
+            provider=book.provider_of(parent) if book.provider_of else "",
         )
     return refund, movement
 

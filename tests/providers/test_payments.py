@@ -235,8 +235,6 @@ def test_finance_staff_see_payments_with_attempts_refunds_and_routing(sandbox, b
 
 @pytest.mark.django_db
 def test_an_unknown_maya_refund_is_never_resent_only_looked_up(sandbox, buyer, finance, settings):
-    from providers.payments import refunds_sync_unknown
-
     settings.PROVIDER_RETRY_ATTEMPTS = 3  # retries allowed: Maya must still get the refund once
     payment = payment_initiate(
         user=buyer, amount=Money(40_000, "PHP"), client_key="m1", explicit=Choice("maya", "maya_wallet")
@@ -250,7 +248,7 @@ def test_an_unknown_maya_refund_is_never_resent_only_looked_up(sandbox, buyer, f
     refund = refund_request(reference=payment.reference, amount=Money(10_000, "PHP"), client_key="r", actor=finance)
     assert refund.status == Refund.Status.UNKNOWN
     assert sandbox.calls["maya.payments.refund"] == 1  # not retried under the same or any reference
-    assert refunds_sync_unknown() == 1
+    payment_sync(reference=payment.reference)  # staff "sync now": the protocol looks the refund up
     refund.refresh_from_db()
     assert refund.status == Refund.Status.SUCCEEDED
     assert sandbox.calls["maya.payments.refund"] == 1  # found by lookup, not sent again
