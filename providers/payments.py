@@ -31,8 +31,8 @@ from django.db import transaction
 from core.errors import IdempotencyMismatch, InvalidStateTransition, NotFound
 from core.money import Money
 from core.permissions import require_permission
-from ledger.services import credit, debit, platform_accounts, transaction_post
-from providers.accounts import provider_accounts
+from ledger.services import credit, debit, transaction_post
+from providers.accounts import chart_accounts
 from providers.models import MoneyMovement, Payment, PaymentAttempt, Refund
 from providers.protocol import movement_record, movement_run, movement_sync
 from providers.protocol.refunds import RefundBook, refund_reserve
@@ -162,12 +162,8 @@ def payment_mark_succeeded(*, payment_pk: int, provider_reference: str) -> bool:
 
 
 def ledger_accounts(provider: str, currency: str) -> dict[str, str]:
-    accounts = {
-        **provider_accounts(provider, currency),
-        "owed": (f"platform:customer-payments:{currency}", "liability", f"Customer payments ({currency})"),
-        "revenue": (f"platform:revenue:payment-fees:{currency}", "revenue", f"Payment fee revenue ({currency})"),
-    }
-    return platform_accounts(currency=currency, accounts=accounts)
+    roles = ("clearing", "fees", "customer_payments", "payment_fee_revenue")
+    return chart_accounts(currency, *roles, provider=provider)
 
 
 def _post_payment(payment: Payment) -> None:
@@ -175,9 +171,9 @@ def _post_payment(payment: Payment) -> None:
     accounts = ledger_accounts(payment.provider, payment.currency)
     amount = Money(payment.amount_minor, payment.currency)
     fee, platform_fee = Money(payment.fee_minor, payment.currency), Money(payment.platform_fee_minor, payment.currency)
-    legs = [debit(accounts["clearing"], amount), credit(accounts["owed"], amount - platform_fee)]
+    legs = [debit(accounts["clearing"], amount), credit(accounts["customer_payments"], amount - platform_fee)]
     if platform_fee:
-        legs.append(credit(accounts["revenue"], platform_fee))
+        legs.append(credit(accounts["payment_fee_revenue"], platform_fee))
     if fee:
         legs += [debit(accounts["fees"], fee), credit(accounts["clearing"], fee)]
     transaction_post(
@@ -267,7 +263,7 @@ def refund_post(refund: Refund, provider_reference: str) -> None:
     transaction_post(
         idempotency_key=f"refund:{refund.pk}:settle",
         kind="customer_refund",
-        legs=[debit(accounts["owed"], amount), credit(accounts["clearing"], amount)],
+        legs=[debit(accounts["customer_payments"], amount), credit(accounts["clearing"], amount)],
         description=f"Refund of payment {payment.reference}",
         metadata={
             "payment": payment.reference,

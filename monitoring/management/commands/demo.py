@@ -39,19 +39,15 @@ from ledger.services import (
     transaction_reverse,
 )
 from monitoring.reconciliation import reconciliation_run
+from providers.accounts import account_code, chart_accounts
 from providers.payments import payment_initiate, refund_request
 from providers.routing import Choice
 from providers.sandbox import stripe as stripe_sandbox
 from providers.sandbox.server import Sandbox
 
 ADMIN_USERNAME = "finance-admin"
-PLATFORM_ACCOUNTS = [
-    # code, name, type, may go negative
-    ("platform:stripe-clearing:USD", "Stripe clearing (USD)", Account.Type.ASSET, True),
-    ("platform:maya-clearing:PHP", "Maya clearing (PHP)", Account.Type.ASSET, True),
-    ("platform:revenue:USD", "Platform revenue (USD)", Account.Type.REVENUE, True),
-    ("platform:revenue:PHP", "Platform revenue (PHP)", Account.Type.REVENUE, True),
-]
+# The wallet top-ups come in through a provider (its clearing account); the examples earn service revenue.
+TOP_UP_PROVIDER = {"USD": "stripe", "PHP": "maya"}
 CUSTOMERS = [("alice", "USD", 50_000), ("bob", "USD", 0), ("carmen", "PHP", 2_500_000)]
 
 
@@ -99,9 +95,8 @@ class Command(BaseCommand):
         return password
 
     def seed(self) -> None:
-        for code, name, type_, hot in PLATFORM_ACCOUNTS:
-            currency = code.rsplit(":", 1)[1]
-            account_create(code=code, name=name, type=type_, currency=currency, allow_negative=hot)
+        for currency, provider in TOP_UP_PROVIDER.items():
+            chart_accounts(currency, "clearing", "fees", "service_revenue", provider=provider)
         for username, currency, opening_minor in CUSTOMERS:
             user, _ = get_user_model().objects.get_or_create(username=username)
             code = wallet_code(username, currency)
@@ -114,7 +109,7 @@ class Command(BaseCommand):
                 owner_id=str(user.pk),
             )
             if opening_minor:
-                clearing = "platform:stripe-clearing:USD" if currency == "USD" else "platform:maya-clearing:PHP"
+                clearing = account_code("clearing", currency, TOP_UP_PROVIDER[currency])
                 money = Money(opening_minor, currency)
                 transaction_post(
                     idempotency_key=f"demo:seed:topup:{username}",
@@ -144,7 +139,7 @@ class Command(BaseCommand):
         commission = transaction_post(
             idempotency_key=f"demo:{run_id}:commission",
             kind="commission",
-            legs=[debit(bob, usd(800)), credit("platform:revenue:USD", usd(800))],
+            legs=[debit(bob, usd(800)), credit(account_code("service_revenue", "USD"), usd(800))],
             description="8% seller commission",
         )
         step(f"charged bob {usd(800)} commission (transaction #{commission.pk})")
@@ -163,7 +158,10 @@ class Command(BaseCommand):
         fee = transaction_post(
             idempotency_key=f"demo:{run_id}:verification",
             kind="service_fee",
-            legs=[debit(carmen, Money(15_000, "PHP")), credit("platform:revenue:PHP", Money(15_000, "PHP"))],
+            legs=[
+                debit(carmen, Money(15_000, "PHP")),
+                credit(account_code("service_revenue", "PHP"), Money(15_000, "PHP")),
+            ],
             description="Phone verification, later failed",
         )
         refund = transaction_reverse(transaction_id=fee.pk, reason="verification failed: refunded automatically")
