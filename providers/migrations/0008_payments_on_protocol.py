@@ -5,27 +5,26 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('providers', '0007_money_movements'),
+        ("providers", "0007_money_movements"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.RemoveIndex(
-            model_name='payment',
-            name='providers_p_status_62ad6d_idx',
+            model_name="payment",
+            name="providers_p_status_62ad6d_idx",
         ),
         migrations.RemoveField(
-            model_name='payment',
-            name='next_sync_at',
+            model_name="payment",
+            name="next_sync_at",
         ),
         migrations.RemoveField(
-            model_name='payment',
-            name='sync_attempts',
+            model_name="payment",
+            name="sync_attempts",
         ),
         migrations.AddIndex(
-            model_name='payment',
-            index=models.Index(fields=['status'], name='payment_status'),
+            model_name="payment",
+            index=models.Index(fields=["status"], name="payment_status"),
         ),
     ]
