@@ -9,7 +9,17 @@ from core.admin import ReadOnlyAdmin
 from core.errors import AppError
 from core.money import Money
 from core.services import audit_record
-from providers.models import FeeRule, Payment, PaymentAttempt, PaymentMethod, Refund, RoutingDecision, WebhookEvent
+from providers.models import (
+    FeeRule,
+    MoneyMovement,
+    Payment,
+    PaymentAttempt,
+    PaymentMethod,
+    Refund,
+    RoutingDecision,
+    WebhookEvent,
+)
+from providers.protocol import movement_sync_by_staff
 from providers.webhooks import webhook_reprocess
 
 
@@ -130,3 +140,37 @@ class RoutingDecisionAdmin(ReadOnlyAdmin):
     list_filter = ("source", "currency")
     search_fields = ("=reference",)
     show_full_result_count = False
+
+
+@admin.register(MoneyMovement)
+class MoneyMovementAdmin(ReadOnlyAdmin):
+    """Every call that moved (or may have moved) money at a provider, with what the protocol knows of it."""
+
+    list_display = (
+        "id", "operation", "provider", "amount", "status", "provider_reference", "sync_attempts", "next_sync_at",
+        "escalated_at", "created_at",
+    )  # fmt: skip
+    list_filter = ("status", "operation", "provider")
+    search_fields = ("=key", "=provider_reference", "=subject_id")
+    show_full_result_count = False
+    actions = ("sync_now",)
+
+    @admin.display(description="Amount", ordering="amount_minor")
+    def amount(self, movement: MoneyMovement) -> str:
+        return str(Money(movement.amount_minor, movement.currency)) if movement.currency else "-"
+
+    def has_sync_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("providers.sync_moneymovement")
+
+    @admin.action(description="Sync now: ask the provider about the selected open movements", permissions=["sync"])
+    def sync_now(self, request: HttpRequest, queryset: QuerySet[MoneyMovement]) -> None:
+        for movement in queryset.filter(status__in=MoneyMovement.OPEN)[:50]:
+            try:
+                after = movement_sync_by_staff(movement_id=movement.pk, actor=request.user)
+            except AppError as error:
+                self.message_user(
+                    request, f"{movement.key}: {error.user_message} {error.action_required}", messages.ERROR
+                )
+                continue
+            level = messages.SUCCESS if after.status in MoneyMovement.FINAL else messages.WARNING
+            self.message_user(request, f"{movement.key}: {after.get_status_display()}.", level)

@@ -26,12 +26,16 @@ from typing import Any
 
 import structlog
 from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import connection, transaction
 from django.utils import timezone
 
 from core.alerts import alert_raise
+from core.errors import NotFound
 from core.models import Alert
 from core.money import Money
+from core.permissions import require_permission
+from core.services import audit_record
 from providers.base import FOUND_FAILED, Absent, Declined, LookupResult, Pending, ProviderResult, Succeeded, Unknown
 from providers.models import MoneyMovement
 from providers.protocol.operations import Operation, operation_get
@@ -298,6 +302,18 @@ def run_follow_ups(movements: Iterable[MoneyMovement]) -> None:
 
 
 # --- 6. the sweeper ----------------------------------------------------------------------------
+
+
+def movement_sync_by_staff(*, movement_id: int, actor: AbstractBaseUser) -> MoneyMovement:
+    """Staff ("Sync now" in the admin): look an open movement up now, whatever its schedule; audited."""
+    require_permission(actor, "providers.sync_moneymovement")
+    before = MoneyMovement.objects.filter(pk=movement_id).values("status", "sync_attempts").first()
+    if before is None:
+        raise NotFound(f"money movement {movement_id} does not exist", details={"movement": movement_id})
+    movement = movement_sync(movement_id=movement_id, force=True)
+    audit_record(actor=actor, action="providers.movement.sync", obj=movement, before=before,
+                 after={"status": movement.status})  # fmt: skip
+    return movement
 
 
 def movements_due(*, now: Any = None) -> Any:

@@ -169,3 +169,24 @@ def test_a_stripe_success_webhook_for_an_escrow_payment_intent_is_not_a_customer
     payment.refresh_from_db()
     assert payment.provider_reference != "pi_other"
     assert MoneyMovement.objects.filter(operation="payment.start", provider_reference="pi_other").count() == 0
+
+
+@pytest.mark.django_db
+def test_staff_sync_an_unknown_movement_now_from_the_admin_and_it_is_audited(sandbox, buyer, finance, admin_client):
+    from core.models import AuditLog
+
+    payment = card_payment(buyer, "adm-sync")
+    sandbox.add_fault(Fault(operation="stripe.refunds.create", kind="applied_then_timeout"))
+    refund = refund_request(reference=payment.reference, amount=Money(2_500, "USD"), client_key="s", actor=finance)
+    movement = MoneyMovement.objects.get(operation="payment.refund")
+    assert movement.status == MoneyMovement.Status.UNKNOWN
+    page = admin_client.get("/admin/providers/moneymovement/").content.decode()
+    assert movement.key in page and "Outcome unknown" in page
+    response = admin_client.post(
+        "/admin/providers/moneymovement/", {"action": "sync_now", "_selected_action": [movement.pk]}, follow=True
+    )
+    assert response.status_code == 200
+    refund.refresh_from_db()
+    assert refund.status == Refund.Status.SUCCEEDED
+    assert len(stripe_sandbox.state_of(sandbox).refunds) == 1
+    assert AuditLog.objects.filter(action="providers.movement.sync", object_id=str(movement.pk)).count() == 1
