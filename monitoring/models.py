@@ -1,6 +1,6 @@
 """Daily reconciliation: runs, the issues they find, and the staging rows a run compares.
 
-Monitoring reads every app and writes only these reports (and alerts). See monitoring/reconciliation.py for
+Monitoring reads every app and writes only these reports (and alerts). See monitoring/reconciliation/ for
 the rules a run keeps.
 """
 
