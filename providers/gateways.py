@@ -18,7 +18,7 @@ from django.conf import settings
 from providers.base import Absent, Declined, LookupResult, Pending, ProviderResult, Succeeded, found_failed
 from providers.gcash.client import PayMongoClient
 from providers.maya.client import MayaClient
-from providers.models import Payment, Refund
+from providers.models import MoneyMovement, Payment, Refund
 from providers.stripe.client import stripe_client
 
 PAID_STATUSES = frozenset({"succeeded", "paid", "SUCCESS", "PAYMENT_SUCCESS"})
@@ -29,9 +29,9 @@ class PaymentGateway(Protocol):
     provider: str
 
     def start(self, payment: Payment, key: str) -> ProviderResult: ...
-    def look_up_start(self, payment: Payment, key: str, reference: str) -> LookupResult | None: ...
+    def look_up_start(self, payment: Payment, movement: MoneyMovement) -> LookupResult | None: ...
     def refund(self, payment: Payment, refund: Refund, key: str) -> ProviderResult: ...
-    def look_up_refund(self, payment: Payment, refund: Refund, key: str, reference: str) -> LookupResult | None: ...
+    def look_up_refund(self, payment: Payment, movement: MoneyMovement) -> LookupResult | None: ...
 
 
 def redirect_url(result: ProviderResult) -> str:
@@ -70,10 +70,13 @@ class StripeCardGateway:
             metadata={"payment": payment.reference},
         )
 
-    def look_up_start(self, payment: Payment, key: str, reference: str) -> LookupResult:
-        if reference:
-            return _state(stripe_client().retrieve_payment_intent(payment_intent_id=reference), STRIPE_FAILED_INTENT)
-        return _state(stripe_client().find_payment_intent(idempotency_key=key), STRIPE_FAILED_INTENT)
+    def look_up_start(self, payment: Payment, movement: MoneyMovement) -> LookupResult:
+        client = stripe_client()
+        if movement.provider_reference:
+            found = client.retrieve_payment_intent(payment_intent_id=movement.provider_reference)
+        else:  # Stripe's search lags new objects: an empty answer soon after the send is not "never made"
+            found = client.find_payment_intent(idempotency_key=movement.key, first_attempt_at=movement.first_sent_at)
+        return _state(found, STRIPE_FAILED_INTENT)
 
     def refund(self, payment: Payment, refund: Refund, key: str) -> ProviderResult:
         return stripe_client().refund(
@@ -83,10 +86,10 @@ class StripeCardGateway:
             metadata={"payment": payment.reference},
         )
 
-    def look_up_refund(self, payment: Payment, refund: Refund, key: str, reference: str) -> LookupResult:
-        if reference:
-            return stripe_client().retrieve_refund(refund_id=reference)
-        return stripe_client().find_refund(payment_intent_id=payment.provider_reference, idempotency_key=key)
+    def look_up_refund(self, payment: Payment, movement: MoneyMovement) -> LookupResult:
+        if movement.provider_reference:
+            return stripe_client().retrieve_refund(refund_id=movement.provider_reference)
+        return stripe_client().find_refund(payment_intent_id=payment.provider_reference, idempotency_key=movement.key)
 
 
 class GCashGateway:
@@ -101,11 +104,11 @@ class GCashGateway:
             idempotency_key=key,
         )
 
-    def look_up_start(self, payment: Payment, key: str, reference: str) -> LookupResult | None:
+    def look_up_start(self, payment: Payment, movement: MoneyMovement) -> LookupResult | None:
         """A source the customer authorized (`chargeable`) is done for this step: the charge follows."""
-        if not reference:
+        if not movement.provider_reference:
             return None  # PayMongo finds sources by id only; a keyed re-send inside its window answers instead
-        found = PayMongoClient().source_get(source_id=reference)
+        found = PayMongoClient().source_get(source_id=movement.provider_reference)
         if isinstance(found, Pending) and found.status == "chargeable":
             return Succeeded(reference=found.reference, status="chargeable", raw=found.raw)
         return _state(found)
@@ -129,10 +132,10 @@ class GCashGateway:
             idempotency_key=key,
         )
 
-    def look_up_refund(self, payment: Payment, refund: Refund, key: str, reference: str) -> LookupResult | None:
-        if not reference:
+    def look_up_refund(self, payment: Payment, movement: MoneyMovement) -> LookupResult | None:
+        if not movement.provider_reference:
             return None  # found by id only: a keyed re-send inside PayMongo's window answers instead
-        return _state(PayMongoClient().refund_get(refund_id=reference))
+        return _state(PayMongoClient().refund_get(refund_id=movement.provider_reference))
 
 
 class MayaGateway:
@@ -148,8 +151,8 @@ class MayaGateway:
             cancel_url=_return_url(payment, "cancelled"),
         )
 
-    def look_up_start(self, payment: Payment, key: str, reference: str) -> LookupResult:
-        found = MayaClient().payment_find(request_reference_number=key)
+    def look_up_start(self, payment: Payment, movement: MoneyMovement) -> LookupResult:
+        found = MayaClient().payment_find(request_reference_number=movement.key)
         if isinstance(found, Declined) and found.code != "not_found" and found.raw.get("id"):
             return found_failed(found.reason, found.raw)  # the customer's payment failed, expired or was cancelled
         return _state(found)
@@ -163,8 +166,8 @@ class MayaGateway:
             request_reference_number=key,
         )
 
-    def look_up_refund(self, payment: Payment, refund: Refund, key: str, reference: str) -> LookupResult:
-        found = MayaClient().refund_find(payment_id=payment.provider_reference, request_reference_number=key)
+    def look_up_refund(self, payment: Payment, movement: MoneyMovement) -> LookupResult:
+        found = MayaClient().refund_find(payment_id=payment.provider_reference, request_reference_number=movement.key)
         if isinstance(found, Declined) and found.code == "FAILED":
             return found_failed(found.reason, found.raw)
         return _state(found)

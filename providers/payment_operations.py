@@ -42,7 +42,7 @@ class PaymentStart(Operation):
 
     def look_up(self, movement: MoneyMovement) -> LookupResult | None:
         attempt = _attempt(movement)
-        return GATEWAYS[movement.provider].look_up_start(attempt.payment, movement.key, movement.provider_reference)
+        return GATEWAYS[movement.provider].look_up_start(attempt.payment, movement)
 
     def on_succeeded(self, movement: MoneyMovement, result: Succeeded) -> FollowUps:
         attempt = _attempt(movement)
@@ -129,9 +129,7 @@ class PaymentRefund(Operation):
         return GATEWAYS[movement.provider].refund(refund.payment, refund, movement.key)
 
     def look_up(self, movement: MoneyMovement) -> LookupResult | None:
-        refund = self._refund(movement)
-        gateway = GATEWAYS[movement.provider]
-        return gateway.look_up_refund(refund.payment, refund, movement.key, movement.provider_reference)
+        return GATEWAYS[movement.provider].look_up_refund(self._refund(movement).payment, movement)
 
     def on_succeeded(self, movement: MoneyMovement, result: Succeeded) -> FollowUps:
         if refund_mark_succeeded(REFUNDS, refund_pk=movement.subject_id, provider_reference=result.reference):

@@ -6,7 +6,9 @@ Routes under `/maya`, operation names in brackets (counted, faults apply):
         totalAmount {value, currency PHP}, requestReferenceNumber, redirectUrl {success, failure, cancel},
         items, buyer, metadata -> 200 {checkoutId, redirectUrl}; the payment id is the checkoutId.
         A second checkout with a requestReferenceNumber already used answers the first checkout again
-        (our idempotency reference; nothing new is created).
+        (our idempotency reference; nothing new is created) until `Sandbox.forget_idempotency_keys("maya")`:
+        then the checkouts made so far no longer dedupe (they stay, also in payment-rrns) and the number
+        makes a new checkout.
     GET  /payments/v1/payments/{id}               [maya.payments.retrieve]           secret key
     GET  /payments/v1/payment-rrns/{rrn}          [maya.payments.retrieve_by_rrn]    secret key; a list
     POST /payments/v1/payments/{id}/voids         [maya.payments.void]               secret key
@@ -157,9 +159,14 @@ class Payment:
 class MayaSandbox:
     sandbox: Sandbox
     payments: dict[str, Payment] = field(default_factory=dict)
+    undeduped: set[str] = field(default_factory=set)  # payments whose requestReferenceNumber was forgotten
 
     def reset(self) -> None:
         self.payments.clear()
+        self.undeduped.clear()
+
+    def forget_idempotency_keys(self) -> None:
+        self.undeduped.update(self.payments)
 
     # --- the API
     def checkout_create(self, request: SandboxRequest, match: re.Match[str]) -> Any:
@@ -167,7 +174,7 @@ class MayaSandbox:
         reference = body.get("requestReferenceNumber")
         if not isinstance(reference, str) or not reference.strip():
             raise _invalid("requestReferenceNumber", "requestReferenceNumber is required.")
-        existing = self._by_reference(reference)
+        existing = [payment for payment in self._by_reference(reference) if payment.id not in self.undeduped]
         if existing:
             return self._checkout_answer(existing[0])
         amount_minor, currency = _total_amount(body.get("totalAmount"), "totalAmount", "value")
@@ -315,6 +322,7 @@ def install(sandbox: Sandbox) -> None:
     state = MayaSandbox(sandbox)
     _STATES[sandbox] = state
     sandbox.resetters.append(state.reset)
+    sandbox.key_forgetters[PROVIDER] = state.forget_idempotency_keys
     sandbox.tickers.append(state.tick)
     payment, by_rrn = "/payments/v1/payments/(?P<id>[^/]+)", "/payments/v1/payment-rrns/(?P<rrn>[^/]+)"
     api: list[tuple[str, str, str, Callable[[SandboxRequest, re.Match[str]], Any], str]] = [

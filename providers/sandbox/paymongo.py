@@ -23,6 +23,8 @@ The error codes are PayMongo's where known (`parameter_invalid`, `parameter_requ
 Idempotency: a POST carrying an `Idempotency-Key` header stores its first answer (any answer after
 authentication, declines included) and replays it, status and body, for every later request with that key. The
 same key with another path or body is refused with 400 `idempotency_key_mismatch` and changes nothing.
+`Sandbox.forget_idempotency_keys("paymongo")` forgets every stored key (a later request with one is new);
+sources, payments and refunds already made stay.
 
 Customer side (control routes: neither counted nor faulted):
 
@@ -110,6 +112,9 @@ class PayMongoSandbox:
     def reset(self) -> None:
         for store in (self.sources, self.payments, self.refunds, self.failing_sources, self.replays):
             store.clear()
+
+    def forget_idempotency_keys(self) -> None:
+        self.replays.clear()
 
     # --- the API
     def source_create(self, attributes: dict[str, Any], match: re.Match[str]) -> Resource:
@@ -350,6 +355,7 @@ def install(sandbox: Sandbox) -> None:
     state = PayMongoSandbox(sandbox)
     _STATES[sandbox] = state
     sandbox.resetters.append(state.reset)
+    sandbox.key_forgetters[PROVIDER] = state.forget_idempotency_keys
     sandbox.tickers.append(state.tick)
     api: list[tuple[str, str, str, Action]] = [
         ("POST", "/v1/sources", "sources.create", state.source_create),

@@ -13,6 +13,8 @@ Semantics kept from PayPal (see providers/specs/paypal/ and DESIGN.md section 7)
   `links` point at the original batch. `PayPal-Request-Id` is accepted but not replayed:
   for Payouts, PayPal documents `sender_batch_id` as the idempotency key (and was seen not
   to enforce the request id on this endpoint, paypal/PayPal-Java-SDK#379).
+  `Sandbox.forget_idempotency_keys("paypal")` forgets the sender_batch_ids used so far, as
+  once the 30 days passed: a re-used one makes a NEW batch; the old batches stay.
 - Items are processed asynchronously, one step per `sandbox.tick()`: a PENDING batch turns
   PROCESSING; on the next tick each item takes the statuses its receiver's rule plans
   (`PayPalSandbox.receiver_rules`, first substring match wins) one per tick, and the batch
@@ -104,6 +106,7 @@ def install(sandbox: Sandbox) -> None:
     paypal = PayPalSandbox(sandbox)
     _STATES[sandbox] = paypal
     sandbox.resetters.append(paypal.reset)
+    sandbox.key_forgetters["paypal"] = paypal.forget_idempotency_keys
     sandbox.tickers.append(paypal.tick)
     routes: list[tuple[str, str, str, Callable[[SandboxRequest, re.Match[str]], SandboxResponse]]] = [
         ("POST", "/paypal/v1/oauth2/token", "paypal.oauth2.token", paypal.issue_token),
@@ -244,6 +247,10 @@ class PayPalSandbox:
     by_sender_batch_id: dict[str, str] = field(default_factory=dict)
     sent_events: list[dict[str, Any]] = field(default_factory=list)  # every event signed, delivered or not
     _signing_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+
+    def forget_idempotency_keys(self) -> None:
+        with self.sandbox.lock:
+            self.by_sender_batch_id.clear()
 
     def reset(self) -> None:
         with self.sandbox.lock:

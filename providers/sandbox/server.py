@@ -13,15 +13,30 @@ under `/_control/` (or the same methods in Python):
     GET    /_control/calls      -> {"operation": count}
     POST   /_control/webhooks   {"provider": "stripe", "url": "...", "drop": 0, "duplicate": 0, ...}
     POST   /_control/tick       advance asynchronous work (e.g. payout items)
+    POST   /_control/forget_keys {"provider": "stripe"}   ("*" or no provider: all)
 
 Fault kinds: `latency` (delay, then answer), `error` (answer `status`, default
 503, without applying), `timeout` (hang without applying), `reset` (close
 without answering, without applying), `applied_then_timeout` (apply, then
 hang: the provider moved the money but the caller saw a timeout).
+
+An `error` fault may carry the exact answer: `body` (a JSON object) and
+`headers`, e.g. `{"operation": "stripe.refunds.create", "kind": "error",
+"status": 400, "body": {"error": {"type": "invalid_request_error", "code":
+"charge_already_refunded", "message": "..."}}}`, or a 429 with
+`"headers": {"Retry-After": "2"}`, so tests can make a provider refuse in
+any of its own ways. Without `body` the answer is a generic `api_error`.
+
+`forget_idempotency_keys(provider)` makes a provider forget the idempotency
+keys it has seen, as when its window (Stripe 24 h, PayPal 30 days) has
+passed: a request re-sent with an old key is then new to the provider.
+Objects already created stay. Each provider module registers what it
+forgets in `Sandbox.key_forgetters`, by provider name.
 """
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import json
 import re
@@ -88,8 +103,28 @@ class Fault:
     times: int | None = 1  # None: every matching call
     latency_ms: int = 0
     status: int = 503
+    body: dict[str, Any] | None = None  # kind "error": answer exactly this JSON body
+    headers: dict[str, str] | None = None  # kind "error": and these headers
 
     KINDS = frozenset({"latency", "error", "timeout", "reset", "applied_then_timeout"})
+
+    def check(self) -> None:
+        if self.kind not in Fault.KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; one of {sorted(Fault.KINDS)}")
+        if self.kind != "error" and (self.body is not None or self.headers is not None):
+            raise ValueError(f"body and headers apply to kind 'error' only, not {self.kind!r}")
+        if self.body is not None and not isinstance(self.body, dict):
+            raise ValueError("fault body must be a JSON object")
+        if self.headers is not None and not (
+            isinstance(self.headers, dict)
+            and all(isinstance(name, str) and isinstance(value, str) for name, value in self.headers.items())
+        ):
+            raise ValueError("fault headers must map names to string values")
+
+    def answer(self) -> SandboxResponse:
+        """What an `error` fault answers instead of the provider."""
+        body = {"error": {"message": "injected fault", "type": "api_error"}} if self.body is None else self.body
+        return SandboxResponse(self.status, copy.deepcopy(body), dict(self.headers or {}))
 
 
 @dataclass
@@ -115,6 +150,7 @@ class Sandbox:
         self.routes: list[_Route] = []
         self.tickers: list[Callable[[], None]] = []  # advance asynchronous work
         self.resetters: list[Callable[[], None]] = []  # forget provider state
+        self.key_forgetters: dict[str, Callable[[], None]] = {}  # provider -> forget its idempotency keys
         self.webhooks = WebhookDispatcher()
         self._server: ThreadingHTTPServer | None = None
         self.url = ""
@@ -152,8 +188,7 @@ class Sandbox:
 
     # --- faults and counting
     def add_fault(self, fault: Fault) -> None:
-        if fault.kind not in Fault.KINDS:
-            raise ValueError(f"unknown fault kind {fault.kind!r}; one of {sorted(Fault.KINDS)}")
+        fault.check()
         with self.lock:
             self.faults.append(fault)
 
@@ -181,6 +216,18 @@ class Sandbox:
                 resetter()
         self.webhooks.reset()
 
+    def forget_idempotency_keys(self, provider: str | None = None) -> list[str]:
+        """Make `provider` (None or "*": every provider) forget the idempotency keys it has seen, as once its
+        window has passed; the objects it created stay. Returns the providers that forgot."""
+        names = sorted(self.key_forgetters) if provider in (None, "*") else [str(provider)]
+        unknown = [name for name in names if name not in self.key_forgetters]
+        if unknown:
+            raise ValueError(f"no idempotency keys to forget for {unknown[0]!r}; one of {sorted(self.key_forgetters)}")
+        with self.lock:
+            for name in names:
+                self.key_forgetters[name]()
+        return names
+
     def tick(self) -> None:
         """Advance asynchronous work, e.g. payout items moving out of PENDING."""
         for ticker in self.tickers:
@@ -206,7 +253,7 @@ class Sandbox:
             time.sleep(fault.latency_ms / 1000)
             return route.handler(request, match)
         if fault.kind == "error":
-            return SandboxResponse(fault.status, {"error": {"message": "injected fault", "type": "api_error"}})
+            return fault.answer()
         if fault.kind == "timeout":
             raise _Hang(hang_seconds())
         if fault.kind == "reset":
@@ -239,6 +286,14 @@ class Sandbox:
             options = request.json()
             self.webhooks.configure(options.pop("provider"), **options)
             return SandboxResponse(200, {"ok": True})
+
+        @self.route("POST", "/_control/forget_keys", "_control.forget_keys")
+        def forget_keys(request: SandboxRequest, match: re.Match[str]) -> SandboxResponse:
+            try:
+                provider = request.json().get("provider")
+                return SandboxResponse(200, {"forgotten": self.forget_idempotency_keys(provider)})
+            except (AttributeError, ValueError) as error:
+                return SandboxResponse(400, {"error": str(error)})
 
         @self.route("POST", "/_control/tick", "_control.tick")
         def tick(request: SandboxRequest, match: re.Match[str]) -> SandboxResponse:

@@ -15,7 +15,15 @@ Kept as Stripe does it:
   (or `POST /stripe/_simulate/accounts/{id}`), which sends `account.updated`; a transfer to a known account
   whose `transfers` capability is not active gets 400 `insufficient_capabilities_for_transfer` (not stored);
 - events (`evt_...`) POSTed to the URL configured for provider "stripe", signed
-  `Stripe-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "{t}.{body}">` with settings.STRIPE_WEBHOOK_SECRET.
+  `Stripe-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "{t}.{body}">` with settings.STRIPE_WEBHOOK_SECRET;
+- objects keep the metadata they were created with (a capture may add to a PaymentIntent's), and lists and
+  search answer it: `GET /v1/payment_intents/search?query=metadata['key']:'value' AND ...` (metadata equality
+  only, quotes ' or " with backslash escapes; anything else 400, not stored; newest first; `limit` 1..100,
+  `page` from `next_page`), `GET /v1/refunds?payment_intent=|charge=` and `GET /v1/transfers?transfer_group=|
+  destination=` (newest first, `limit` 1..100, `starting_after`). Like Stripe's, search is eventually
+  consistent: a PaymentIntent becomes searchable `search_lag_seconds` after it was made (0 unless a test sets
+  it; Stripe documents under a minute, up to an hour during outages). Lists are immediate.
+- `Sandbox.forget_idempotency_keys("stripe")` forgets every stored key (the 24 h window passed); objects stay.
 
 Simplifications: no minimum amounts per currency, no platform balance, no `expand` (but `data.source` on the
 balance transactions list), and a charge's
@@ -116,8 +124,13 @@ class StripeState:
     idempotency: dict[tuple[str, str], IdempotencyRecord] = field(default_factory=dict)
     events: list[Obj] = field(default_factory=list)  # every event, delivered or not
     balance_transactions: dict[str, Obj] = field(default_factory=dict)  # txn_...: every movement of money
+    searchable_at: dict[str, float] = field(default_factory=dict)  # PaymentIntent id -> monotonic time
     processing_delay_seconds: float = 0.0
     idempotency_window_seconds: float = IDEMPOTENCY_WINDOW_SECONDS
+    search_lag_seconds: float = 0.0
+
+    def forget_idempotency_keys(self) -> None:
+        self.idempotency.clear()
 
     def reset(self) -> None:
         for table in (self.payment_intents, self.charges, self.refunds, self.transfers, self.reversals):
@@ -127,8 +140,10 @@ class StripeState:
         self.idempotency.clear()
         self.events.clear()
         self.balance_transactions.clear()
+        self.searchable_at.clear()
         self.processing_delay_seconds = 0.0
         self.idempotency_window_seconds = IDEMPOTENCY_WINDOW_SECONDS
+        self.search_lag_seconds = 0.0
 
 
 class Refusal(Exception):
@@ -178,6 +193,7 @@ def install(sandbox: Sandbox) -> None:
     state = StripeState()
     sandbox.stripe = state  # type: ignore[attr-defined]
     sandbox.resetters.append(state.reset)
+    sandbox.key_forgetters["stripe"] = state.forget_idempotency_keys
     api = StripeApi(sandbox, state)
     sandbox.stripe_api = api  # type: ignore[attr-defined]
     for method, pattern, operation, action in api.routes():
@@ -348,6 +364,74 @@ def _metadata(params: dict[str, str]) -> dict[str, str]:
 
 def _list(name: str, object_id: str, kind: str) -> Obj:
     return {"object": "list", "data": [], "has_more": False, "total_count": 0, "url": f"/v1/{kind}/{object_id}/{name}"}
+
+
+def _limit(params: dict[str, str]) -> int:
+    limit = _integer(params, "limit", default=10)
+    if limit > 100:
+        raise Refusal(400, "This value must be less than or equal to 100.", code="parameter_invalid_integer",
+                      param="limit", stored=False)  # fmt: skip
+    return limit
+
+
+def _list_page(rows: list[Obj], params: dict[str, str], kind: str, url: str) -> Obj:
+    """One page of a list endpoint: `rows` newest first, cut after `starting_after` and at `limit`."""
+    limit = _limit(params)
+    if params.get("starting_after"):
+        ids = [row["id"] for row in rows]
+        if params["starting_after"] not in ids:
+            raise Refusal(404, f"No such {kind}: '{params['starting_after']}'", code="resource_missing",
+                          param="starting_after", stored=False)  # fmt: skip
+        rows = rows[ids.index(params["starting_after"]) + 1 :]
+    return {"object": "list", "data": rows[:limit], "has_more": len(rows) > limit, "url": url}
+
+
+# --- search: Stripe's query language, the part we use (metadata equality, AND)
+_SEARCH_PAGE_PREFIX = "page_"
+_SEARCH_CLAUSE = re.compile(
+    r"""metadata\[(?P<kq>['"])(?P<key>(?:\\.|(?!(?P=kq))[^\\])*)(?P=kq)\]"""
+    r""":(?P<vq>['"])(?P<value>(?:\\.|(?!(?P=vq))[^\\])*)(?P=vq)"""
+)
+_SEARCH_AND = re.compile(r"\s+AND\s+")
+
+
+def parse_search_query(query: str) -> list[tuple[str, str]]:
+    """`metadata['key']:'value' AND metadata["k2"]:"v2"` as [(key, value), ...]; anything else is refused
+    with 400 (not stored), as Stripe refuses a query it cannot parse."""
+    clauses, position, text = [], 0, query.strip()
+    while True:
+        match = _SEARCH_CLAUSE.match(text, position)
+        if match is None or not match["key"]:
+            raise _bad_query(query, position)
+        clauses.append((_unescape(match["key"]), _unescape(match["value"])))
+        position = match.end()
+        if position == len(text):
+            return clauses
+        separator = _SEARCH_AND.match(text, position)
+        if separator is None:
+            raise _bad_query(query, position)
+        position = separator.end()
+
+
+def _unescape(quoted: str) -> str:
+    return re.sub(r"\\(.)", r"\1", quoted)
+
+
+def _bad_query(query: str, position: int) -> Refusal:
+    message = (
+        f"The query `{query}` could not be parsed at position {position}. This sandbox supports "
+        "metadata['key']:'value' clauses joined by AND."
+    )
+    return Refusal(400, message, code="parameter_invalid_string", param="query", stored=False)
+
+
+def _search_page(page: str | None) -> int:
+    if page is None:
+        return 0
+    offset = page.removeprefix(_SEARCH_PAGE_PREFIX)
+    if not page.startswith(_SEARCH_PAGE_PREFIX) or not offset.isdigit():
+        raise Refusal(400, f"Invalid page: {page}", code="parameter_invalid_string", param="page", stored=False)
+    return int(offset)
 
 
 # --- object shapes (after shared/specs/stripe/fixtures3.json)
@@ -537,10 +621,12 @@ class StripeApi:
         object_id = "(?P<id>[^/]+)"
         return [
             ("POST", "payment_intents", "payment_intents.create", self.create_payment_intent),
+            ("GET", "payment_intents/search", "payment_intents.search", self.search_payment_intents),  # before {id}
             ("GET", f"payment_intents/{object_id}", "payment_intents.retrieve", self.retrieve_payment_intent),
             ("POST", f"payment_intents/{object_id}/capture", "payment_intents.capture", self.capture_payment_intent),
             ("POST", f"payment_intents/{object_id}/cancel", "payment_intents.cancel", self.cancel_payment_intent),
             ("POST", "refunds", "refunds.create", self.create_refund),
+            ("GET", "refunds", "refunds.list", self.list_refunds),
             ("GET", f"refunds/{object_id}", "refunds.retrieve", self.retrieve_refund),
             ("GET", "balance_transactions", "balance_transactions.list", self.list_balance_transactions),
             ("POST", "transfers", "transfers.create", self.create_transfer),
@@ -666,6 +752,7 @@ class StripeApi:
             self.state.payment_methods[payment_method] = card
         intent = _payment_intent(call, amount, currency, str(capture), payment_method)
         self.state.payment_intents[intent["id"]] = intent
+        self.state.searchable_at[intent["id"]] = time.monotonic() + self.state.search_lag_seconds
         if confirm and card is not None:
             self._confirm(intent, card, call)
         return intent
@@ -700,6 +787,30 @@ class StripeApi:
 
     def retrieve_payment_intent(self, call: Call) -> Obj:
         return self._find(self.state.payment_intents, "payment_intent", call.object_id, "intent")
+
+    def search_payment_intents(self, call: Call) -> Obj:
+        """`GET /v1/payment_intents/search`: metadata equality clauses joined by AND, newest first, `limit`
+        1..100, `page` (the `next_page` of the previous answer); only what is already searchable."""
+        params = call.params
+        _allow(params, ("query", "limit", "page"))
+        clauses = parse_search_query(_required(params, "query"))
+        limit = _limit(params)
+        offset = _search_page(params.get("page"))
+        now = time.monotonic()
+        rows = [
+            intent
+            for intent in reversed(self.state.payment_intents.values())
+            if self.state.searchable_at.get(intent["id"], 0.0) <= now
+            and all(intent["metadata"].get(key) == value for key, value in clauses)
+        ]
+        has_more = len(rows) > offset + limit
+        return {
+            "object": "search_result",
+            "data": rows[offset : offset + limit],
+            "has_more": has_more,
+            "url": "/v1/payment_intents/search",
+            "next_page": _SEARCH_PAGE_PREFIX + str(offset + limit) if has_more else None,
+        }
 
     def capture_payment_intent(self, call: Call) -> Obj:
         _allow(call.params, ("amount_to_capture", "metadata"))
@@ -771,6 +882,18 @@ class StripeApi:
     def retrieve_refund(self, call: Call) -> Obj:
         return self._find(self.state.refunds, "refund", call.object_id)
 
+    def list_refunds(self, call: Call) -> Obj:
+        """`GET /v1/refunds`: newest first, filtered by `payment_intent` and `charge`, `limit` 1..100,
+        `starting_after`."""
+        params = call.params
+        _allow(params, ("payment_intent", "charge", "limit", "starting_after"))
+        rows = [
+            refund
+            for refund in reversed(self.state.refunds.values())
+            if all(refund.get(name) == params[name] for name in ("payment_intent", "charge") if name in params)
+        ]
+        return _list_page(rows, params, "refund", "/v1/refunds")
+
     # --- Balance transactions (what reconciliation reads)
     def _add_balance_transaction(self, source: Obj, type_: str, amount: int) -> None:
         """Record a movement of money, as Stripe does for every capture, refund, transfer and reversal."""
@@ -783,10 +906,7 @@ class StripeApi:
         `starting_after`, `type`, `source`, and `expand[]=data.source`."""
         params = call.params
         _allow(params, ("created", "limit", "starting_after", "type", "source", "expand"))
-        limit = _integer(params, "limit", default=10)
-        if limit > 100:
-            raise Refusal(400, "This value must be less than or equal to 100.", code="parameter_invalid_integer",
-                          param="limit", stored=False)  # fmt: skip
+        limit = _limit(params)
         rows = [txn for txn in self.state.balance_transactions.values() if _balance_matches(txn, params)]
         rows.sort(key=lambda txn: (txn["created"], txn["_seq"]), reverse=True)
         if params.get("starting_after"):
@@ -809,19 +929,16 @@ class StripeApi:
 
     # --- Transfers and reversals
     def list_transfers(self, call: Call) -> Obj:
-        """`GET /v1/transfers`: newest first, filtered by `transfer_group` and `destination`, `limit` 1..100."""
+        """`GET /v1/transfers`: newest first, filtered by `transfer_group` and `destination`, `limit` 1..100,
+        `starting_after`."""
         params = call.params
-        _allow(params, ("transfer_group", "destination", "limit"))
-        limit = _integer(params, "limit", default=10)
-        if limit > 100:
-            raise Refusal(400, "This value must be less than or equal to 100.", code="parameter_invalid_integer",
-                          param="limit", stored=False)  # fmt: skip
+        _allow(params, ("transfer_group", "destination", "limit", "starting_after"))
         rows = [
             transfer
             for transfer in reversed(self.state.transfers.values())
             if all(transfer.get(name) == params[name] for name in ("transfer_group", "destination") if name in params)
         ]
-        return {"object": "list", "data": rows[:limit], "has_more": len(rows) > limit, "url": "/v1/transfers"}
+        return _list_page(rows, params, "transfer", "/v1/transfers")
 
     def create_transfer(self, call: Call) -> Obj:
         params = call.params

@@ -12,6 +12,14 @@ How the SDK's errors map (max_network_retries=0: retries are the caller's decisi
 - 409 (the same key still in flight), 5xx, unreadable answers -> Unknown;
 - a connection that never opened -> Declined(code="not_sent", retryable=True); a timeout or a reset after
   sending -> Unknown. Our transport chains the httpx error, so the two are told apart by its type.
+
+Keys expire at Stripe after 24 h, so every create that takes a key also writes it into the object's metadata
+(`metadata["idempotency_key"]`), and `find_payment_intent`, `find_refund` and `find_transfer` look the object up
+by it without sending anything: the object, `Absent()` (authoritative: Stripe has none), or Unknown when Stripe
+cannot answer (any error). PaymentIntents are found through Search, which Stripe documents as eventually
+consistent (searchable within a minute, up to an hour behind during outages): an empty search is authoritative
+only for an attempt older than that, which `first_attempt_at` enforces. Refunds and transfers are found
+through list endpoints, which are immediate.
 """
 
 from __future__ import annotations
@@ -21,20 +29,23 @@ import hmac
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import stripe
+import structlog
 from django.conf import settings
 from django.utils import timezone
 
 from core.errors import ProviderUnavailable
 from providers.base import (
+    Absent,
     Declined,
     InvalidSignature,
+    LookupResult,
     Pending,
     ProviderResult,
     Succeeded,
@@ -50,13 +61,21 @@ if TYPE_CHECKING:
         PaymentIntentCancelParams,
         PaymentIntentCaptureParams,
         PaymentIntentCreateParams,
+        PaymentIntentSearchParams,
         RefundCreateParams,
+        RefundListParams,
         TransferCreateParams,
         TransferListParams,
         TransferReversalCreateParams,
     )
 
+log = structlog.get_logger(__name__)
+
 WEBHOOK_TOLERANCE_SECONDS = 300
+IDEMPOTENCY_METADATA_KEY = "idempotency_key"  # where every keyed create leaves our key, to be found by it
+# Stripe Search lags writes: "under a minute", "up to an hour behind during outages" (the SDK's docstring).
+SEARCH_FRESHNESS = timedelta(hours=1)
+MAX_LOOKUP_PAGES = 20  # 100 objects a page; more than that under one key or group is not ours to guess about
 # Stripe keeps idempotency keys for 24 hours; after that a "replay" would be a new request and could charge
 # twice. Replays for a sync stop an hour earlier to leave room for clock skew and slow queues.
 REPLAY_WINDOW = timedelta(hours=23)
@@ -135,7 +154,7 @@ class StripeProviderClient:
             "payment_method_types": ["card"],
             "capture_method": capture,
             "confirm": True,
-            "metadata": dict(metadata or {}),
+            "metadata": _keyed_metadata(metadata, idempotency_key),
         }
         if transfer_group:
             params["transfer_group"] = transfer_group
@@ -198,6 +217,37 @@ class StripeProviderClient:
     def retrieve_payment_intent(self, *, payment_intent_id: str) -> ProviderResult:
         return self._call(lambda: self._stripe.v1.payment_intents.retrieve(payment_intent_id), _intent_result)
 
+    def find_payment_intent(self, *, idempotency_key: str, first_attempt_at: datetime | None = None) -> LookupResult:
+        """The PaymentIntent created with our key (the oldest, should there be several), found by Search on
+        `metadata['idempotency_key']`; `Absent()` when there is none; Unknown when Stripe cannot answer.
+
+        Search is eventually consistent, so with `first_attempt_at` less than SEARCH_FRESHNESS ago an empty
+        answer is Unknown, not Absent: the intent may exist and not be searchable yet. Without it the caller
+        vouches that the attempt is older than that.
+        """
+        params: PaymentIntentSearchParams = {
+            "query": f"metadata['{IDEMPOTENCY_METADATA_KEY}']:'{_search_quoted(idempotency_key)}'",
+            "limit": 100,
+        }
+        found: list[dict[str, Any]] = []
+        try:
+            for _ in range(MAX_LOOKUP_PAGES):
+                page = self._stripe.v1.payment_intents.search(params)
+                found.extend(intent.to_dict() for intent in page.data)
+                if not page.has_more or not page.next_page:
+                    break
+                params["page"] = page.next_page
+            else:
+                return Unknown(reason=f"searching PaymentIntents for key {idempotency_key}: too many matches")
+        except stripe.StripeError as error:
+            return Unknown(reason=f"searching PaymentIntents for key {idempotency_key} failed: {_why(error)}")
+        matches = [intent for intent in found if _carries_key(intent, idempotency_key)]
+        if not matches:
+            if first_attempt_at is not None and timezone.now() - first_attempt_at < SEARCH_FRESHNESS:
+                return Unknown(reason=f"no PaymentIntent for key {idempotency_key} yet; Stripe Search may lag")
+            return Absent(reason=f"no PaymentIntent carries idempotency key {idempotency_key}")
+        return _intent_result(_oldest(matches, "PaymentIntent", idempotency_key))
+
     # --- Refunds
     def refund(
         self,
@@ -208,7 +258,10 @@ class StripeProviderClient:
         metadata: Mapping[str, str] | None = None,
     ) -> ProviderResult:
         """Refund a captured payment, in full or in part; Stripe refuses more than is left to refund."""
-        params: RefundCreateParams = {"payment_intent": payment_intent_id, "metadata": dict(metadata or {})}
+        params: RefundCreateParams = {
+            "payment_intent": payment_intent_id,
+            "metadata": _keyed_metadata(metadata, idempotency_key),
+        }
         if amount_minor is not None:
             params["amount"] = amount_minor
         options: stripe.RequestOptions = {"idempotency_key": idempotency_key}
@@ -216,6 +269,18 @@ class StripeProviderClient:
 
     def retrieve_refund(self, *, refund_id: str) -> ProviderResult:
         return self._call(lambda: self._stripe.v1.refunds.retrieve(refund_id), _refund_result)
+
+    def find_refund(self, *, payment_intent_id: str, idempotency_key: str) -> LookupResult:
+        """The refund of this PaymentIntent created with our key, from the refunds list (immediate, unlike
+        Search); `Absent()` when there is none; Unknown when Stripe cannot answer."""
+        params: RefundListParams = {"payment_intent": payment_intent_id, "limit": 100}
+        refunds = self._list_all(lambda: self._stripe.v1.refunds.list(params), params)
+        if isinstance(refunds, Unknown):
+            return Unknown(reason=f"listing refunds of {payment_intent_id} failed: {refunds.reason}")
+        matches = [refund for refund in refunds if _carries_key(refund, idempotency_key)]
+        if not matches:
+            return Absent(reason=f"no refund of {payment_intent_id} carries idempotency key {idempotency_key}")
+        return _refund_result(_oldest(matches, "refund", idempotency_key))
 
     # --- Connect transfers
     def create_transfer(
@@ -233,7 +298,7 @@ class StripeProviderClient:
             "amount": amount_minor,
             "currency": currency.lower(),
             "destination": destination,
-            "metadata": dict(metadata or {}),
+            "metadata": _keyed_metadata(metadata, idempotency_key),
         }
         if transfer_group:
             params["transfer_group"] = transfer_group
@@ -268,6 +333,18 @@ class StripeProviderClient:
             outcome = outcome_of_stripe_error(error)
             return Unknown(reason=f"listing transfers of {transfer_group} failed: {outcome.reason}")
         return [_transfer_result(transfer.to_dict()) for transfer in listing.data]
+
+    def find_transfer(self, *, transfer_group: str, idempotency_key: str) -> LookupResult:
+        """The transfer of this group created with our key, from the transfers list (immediate); `Absent()`
+        when there is none; Unknown when Stripe cannot answer."""
+        params: TransferListParams = {"transfer_group": transfer_group, "limit": 100}
+        transfers = self._list_all(lambda: self._stripe.v1.transfers.list(params), params)
+        if isinstance(transfers, Unknown):
+            return Unknown(reason=f"listing transfers of {transfer_group} failed: {transfers.reason}")
+        matches = [transfer for transfer in transfers if _carries_key(transfer, idempotency_key)]
+        if not matches:
+            return Absent(reason=f"no transfer in {transfer_group} carries idempotency key {idempotency_key}")
+        return _transfer_result(_oldest(matches, "transfer", idempotency_key))
 
     def retrieve_account(self, *, account_id: str) -> ProviderResult:
         """A connected account; `status` is its `transfers` capability (active, inactive, pending)."""
@@ -307,6 +384,21 @@ class StripeProviderClient:
             params["starting_after"] = rows[-1].transaction_id
 
     # --- plumbing
+    def _list_all(self, list_page: Callable[[], stripe.ListObject[Any]], params: Any) -> list[dict[str, Any]] | Unknown:
+        """Every object of a list endpoint, newest first, following `starting_after` (set on `params`, which
+        `list_page` sends); Unknown on any error or past MAX_LOOKUP_PAGES pages."""
+        rows: list[dict[str, Any]] = []
+        try:
+            for _ in range(MAX_LOOKUP_PAGES):
+                page = list_page()
+                rows.extend(obj.to_dict() for obj in page.data)
+                if not page.has_more or not page.data:
+                    return rows
+                params["starting_after"] = rows[-1]["id"]
+        except stripe.StripeError as error:
+            return Unknown(reason=_why(error))
+        return Unknown(reason=f"more than {MAX_LOOKUP_PAGES} pages")
+
     def _call(
         self, send: Callable[[], stripe.StripeObject], to_result: Callable[[dict[str, Any]], ProviderResult]
     ) -> ProviderResult:
@@ -392,6 +484,38 @@ def _balance_movement(txn: dict[str, Any]) -> BalanceMovement:
         status=txn["status"],
         created=int(txn["created"]),
     )
+
+
+def _keyed_metadata(metadata: Mapping[str, str] | None, idempotency_key: str) -> dict[str, str]:
+    return {**dict(metadata or {}), IDEMPOTENCY_METADATA_KEY: idempotency_key}
+
+
+def _carries_key(obj: dict[str, Any], idempotency_key: str) -> bool:
+    return (obj.get("metadata") or {}).get(IDEMPOTENCY_METADATA_KEY) == idempotency_key
+
+
+def _search_quoted(value: str) -> str:
+    """A value inside single quotes in Stripe's search query language: backslash escapes."""
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _oldest(matches: Iterable[dict[str, Any]], kind: str, idempotency_key: str) -> dict[str, Any]:
+    """The first object made under a key, from `matches` newest first (as Stripe lists and searches); more
+    than one means money may have moved twice: say so loudly."""
+    oldest_first = list(matches)[::-1]
+    ordered = sorted(oldest_first, key=lambda obj: int(obj.get("created") or 0))  # stable within a second
+    if len(ordered) > 1:
+        log.error(
+            "stripe.lookup.several_objects_for_one_key",
+            kind=kind,
+            idempotency_key=idempotency_key,
+            ids=[obj["id"] for obj in ordered],
+        )
+    return ordered[0]
+
+
+def _why(error: stripe.StripeError) -> str:
+    return f"{type(error).__name__} ({error.http_status}): {error.user_message or error}"
 
 
 def _intent_result(intent: dict[str, Any]) -> ProviderResult:

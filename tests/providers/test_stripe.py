@@ -57,7 +57,7 @@ def test_a_hold_authorizes_without_capturing(client, sandbox, state, settings):
     assert (intent["amount"], intent["amount_capturable"], intent["amount_received"]) == (10_000, 10_000, 0)
     assert (intent["capture_method"], intent["metadata"], intent["transfer_group"]) == (
         "manual",
-        {"order": "o-1"},
+        {"order": "o-1", "idempotency_key": "hold-1"},  # our key rides along, to find the intent by it
         "group-1",
     )
     assert state.charges[intent["latest_charge"]]["captured"] is False
@@ -225,7 +225,7 @@ def test_transfers_carry_their_group_and_reverse_in_parts(client, state):
         "acct_seller1",
         "group-1",
     )
-    assert transfer["metadata"] == {"escrow": "e-1"}
+    assert transfer["metadata"] == {"escrow": "e-1", "idempotency_key": "transfer-1"}
     assert isinstance(part, Succeeded) and part.reference.startswith("trr_") and part.raw["amount"] == 300
     assert isinstance(above, Declined) and above.code == "amount_too_large"
     assert isinstance(rest, Succeeded) and rest.raw["amount"] == 700
