@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
-from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db.models import Count, QuerySet, Sum
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -30,14 +29,13 @@ from django.utils.safestring import SafeString
 from core.admin import ReadOnlyAdmin, ReadOnlyInline, action_confirmed, action_page
 from core.errors import AppError
 from core.money import Money, MoneyError
-from core.permissions import require_permission
 from payouts.models import PayoutBatch, PayoutCycle, PayoutItem, RecipientType, WinnerSelection
-from payouts.selectors import StatusProgress, progress_by_batch
+from payouts.selectors import StatusProgress, movement_status_by_batch, progress_by_batch
 from payouts.services import (
     batch_approve,
     batch_execute,
+    batch_movements_sync,
     batch_retry_failed,
-    batch_sync,
     cycle_prepare,
     item_cancel_unclaimed,
     selection_problems,
@@ -47,7 +45,6 @@ from providers.admin import AuditedConfigAdmin
 
 T = TypeVar("T")
 IMPORT_PERMISSION = "payouts.add_winnerselection"
-SYNC_PERMISSION = "payouts.execute_payoutbatch"  # batch_sync takes no actor: checked here until it does
 
 
 def _money(minor: int | None, currency: str) -> str:
@@ -397,21 +394,23 @@ class WinnerSelectionAdmin(ServiceActionsMixin, ReadOnlyAdmin):
 
 @admin.register(PayoutBatch)
 class PayoutBatchAdmin(ServiceActionsMixin, ReadOnlyAdmin):
-    list_display = ("sender_batch_id", "cycle", "provider", "status", "total", "item_count", "progress",
-                    "prepared_by", "approved_by", "created_at")  # fmt: skip
+    list_display = ("sender_batch_id", "cycle", "provider", "status", "provider_call", "total", "item_count",
+                    "progress", "prepared_by", "approved_by", "created_at")  # fmt: skip
     list_filter = ("status", "provider", "currency", "cycle")
     list_select_related = ("cycle", "prepared_by", "approved_by")
     search_fields = ("=sender_batch_id", "=provider_batch_id")
-    readonly_fields = ("total", "progress", "items")
+    readonly_fields = ("total", "progress", "provider_call", "items")
     exclude = ("total_minor",)
     actions = ("approve", "execute", "retry_failed", "sync_now")
 
     def get_changelist_instance(self, request: HttpRequest) -> Any:
-        """Progress for the whole page in one query."""
+        """Progress and provider calls for the whole page in a few queries."""
         changelist = super().get_changelist_instance(request)
         progress = progress_by_batch(batch.pk for batch in changelist.result_list)
+        calls = movement_status_by_batch(batch.pk for batch in changelist.result_list)
         for batch in changelist.result_list:
             batch.page_progress = progress.get(batch.pk, [])
+            batch.page_provider_call = calls.get(batch.pk, "")
         return changelist
 
     @admin.display(description="Total", ordering="total_minor")
@@ -424,6 +423,14 @@ class PayoutBatchAdmin(ServiceActionsMixin, ReadOnlyAdmin):
         if progress is None:
             progress = progress_by_batch([batch.pk]).get(batch.pk, [])
         return progress_text(progress, batch.currency)
+
+    @admin.display(description="Provider call")
+    def provider_call(self, batch: PayoutBatch) -> str:
+        """The money movement's status (the truth about the send): unknown means it is being found out."""
+        call = getattr(batch, "page_provider_call", None)
+        if call is None:
+            call = movement_status_by_batch([batch.pk]).get(batch.pk, "")
+        return call or "-"
 
     @admin.display(description="Items")
     def items(self, batch: PayoutBatch) -> SafeString:
@@ -460,8 +467,12 @@ class PayoutBatchAdmin(ServiceActionsMixin, ReadOnlyAdmin):
         return None
 
     def _report_sent(self, request: HttpRequest, batch: PayoutBatch) -> None:
-        if batch.status == PayoutBatch.Status.UNKNOWN:
-            text = f"{batch.sender_batch_id}: the provider's answer was lost; a sync will find out, never resend it."
+        if batch.status == PayoutBatch.Status.SUBMITTING:
+            call = self.provider_call(batch)
+            text = (
+                f"{batch.sender_batch_id}: the provider's answer is not known yet ({call}); it is looked up on "
+                "schedule and never sent under another id."
+            )
             self.message_user(request, text, messages.WARNING)
         elif batch.status == PayoutBatch.Status.DENIED:
             self.message_user(request, f"{batch.sender_batch_id} denied: {batch.failure_reason}", messages.ERROR)
@@ -479,18 +490,15 @@ class PayoutBatchAdmin(ServiceActionsMixin, ReadOnlyAdmin):
                 )
                 self.message_user(request, text, messages.SUCCESS)
 
-    @admin.action(description="Sync now: ask the provider for the selected batches' status")
+    @admin.action(description="Sync now: look up open provider calls and the items of the selected batches")
     def sync_now(self, request: HttpRequest, queryset: QuerySet[PayoutBatch]) -> None:
         for batch in queryset.order_by("pk"):
-            synced = self.attempt(request, batch.sender_batch_id, partial(self._sync, request.user, batch.pk))
+            synced = self.attempt(
+                request, batch.sender_batch_id, partial(batch_movements_sync, batch_id=batch.pk, actor=request.user)
+            )
             if synced is not None:
                 progress = progress_text(progress_by_batch([synced.pk]).get(synced.pk, []), synced.currency)
                 self.message_user(request, f"{synced.sender_batch_id}: {synced.status}; {progress}.", messages.SUCCESS)
-
-    @staticmethod
-    def _sync(actor: AbstractBaseUser, batch_id: int) -> PayoutBatch:
-        require_permission(actor, SYNC_PERMISSION)
-        return batch_sync(batch_id=batch_id)
 
 
 # --- items ----------------------------------------------------------------------------------

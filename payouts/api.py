@@ -24,7 +24,7 @@ from rest_framework.views import APIView
 from core.api import IDEMPOTENCY_KEY_HEADER, IdempotentMixin, error_responses
 from core.errors import NotFound, RateLimited
 from payouts.models import PayoutBatch, PayoutItem
-from payouts.selectors import StatusProgress, progress_by_batch
+from payouts.selectors import StatusProgress, movement_status_by_batch, progress_by_batch
 from payouts.services import batch_approve, batch_execute, batch_retry_failed, cycle_disburse, cycle_prepare
 
 app_name = "payouts-api"
@@ -63,13 +63,20 @@ class PayoutProgressSerializer(serializers.Serializer):
 
 class PayoutBatchSerializer(serializers.ModelSerializer):
     progress = serializers.SerializerMethodField(help_text="Item counts and amounts by item status.")
+    provider_call = serializers.SerializerMethodField(
+        help_text=(
+            "What the provider did with the batch's send, as the money movement records it: pending, waiting, "
+            "unknown (being found out; a `submitting` batch is never sent under another id), succeeded or "
+            "declined; for Stripe, the most telling status of the items' transfers. Empty before the send."
+        )
+    )
 
     class Meta:
         model = PayoutBatch
         fields = (
             "id", "cycle", "provider", "sender_batch_id", "provider_batch_id", "status", "currency", "total_minor",
             "item_count", "retry_of", "prepared_by", "approved_by", "failure_reason", "created_at", "updated_at",
-            "progress",
+            "progress", "provider_call",
         )  # fmt: skip
         read_only_fields = fields
 
@@ -77,6 +84,12 @@ class PayoutBatchSerializer(serializers.ModelSerializer):
     def get_progress(self, batch: PayoutBatch) -> list[dict[str, Any]]:
         progress: dict[int, list[StatusProgress]] = self.context.get("progress") or progress_by_batch([batch.pk])
         return PayoutProgressSerializer(progress.get(batch.pk, []), many=True).data
+
+    def get_provider_call(self, batch: PayoutBatch) -> str:
+        calls: dict[int, str] | None = self.context.get("provider_calls")
+        if calls is None:
+            calls = movement_status_by_batch([batch.pk])
+        return calls.get(batch.pk, "")
 
 
 class CycleBatchesSerializer(serializers.Serializer):
@@ -97,7 +110,8 @@ class MyPayoutSerializer(serializers.ModelSerializer):
 
 
 def _batches_body(cycle_id: int, batches: Sequence[PayoutBatch]) -> dict[str, Any]:
-    context = {"progress": progress_by_batch(batch.pk for batch in batches)}
+    ids = [batch.pk for batch in batches]
+    context = {"progress": progress_by_batch(ids), "provider_calls": movement_status_by_batch(ids)}
     return CycleBatchesSerializer({"cycle": cycle_id, "batches": batches}, context=context).data
 
 

@@ -1,13 +1,16 @@
 """Payout cycles: winners paid exactly once, in approved batches.
 
 Invariants:
-- a winner selection has at most one live payout item (pending, unclaimed,
-  on hold, unknown or succeeded) across every batch: a partial unique index,
+- a winner selection has at most one live payout item (new, pending,
+  unclaimed, on hold or succeeded) across every batch: a partial unique index,
   so no retry batch can ever pay a winner twice;
 - a batch's `sender_batch_id` is derived from its content (see services), so
   the same batch always has the same id and a changed batch a new one;
 - each item's money is reserved by a ledger hold when the batch is prepared,
-  posted when the item succeeds, voided when it ends unpaid.
+  posted when the item succeeds, voided when it ends unpaid;
+- what happened at the provider is the money movement's (providers.protocol), never
+  the batch's: a batch stays `submitting` while the movement of its batch create
+  (PayPal) or of any item's transfer (Stripe) is open, and items stay NEW.
 """
 
 from __future__ import annotations
@@ -58,8 +61,7 @@ class PayoutBatch(StatusMachine, TimestampedModel):
     class Status(models.TextChoices):
         PREPARED = "prepared"  # waiting for a second staff user's approval
         APPROVED = "approved"
-        SUBMITTING = "submitting"  # intent recorded, provider being called
-        UNKNOWN = "unknown"  # the provider may have it: a sync will find out by sender_batch_id
+        SUBMITTING = "submitting"  # intent recorded; its money movement is open (sent, or being found out)
         SUBMITTED = "submitted"  # the provider accepted it; items are being paid
         COMPLETED = "completed"  # every item is final
         DENIED = "denied"  # refused as a whole; nothing was paid
@@ -68,14 +70,13 @@ class PayoutBatch(StatusMachine, TimestampedModel):
     TRANSITIONS = {
         Status.PREPARED: {Status.APPROVED, Status.CANCELED},
         Status.APPROVED: {Status.SUBMITTING, Status.CANCELED},
-        Status.SUBMITTING: {Status.SUBMITTED, Status.UNKNOWN, Status.DENIED},
-        Status.UNKNOWN: {Status.SUBMITTED, Status.DENIED},
+        Status.SUBMITTING: {Status.SUBMITTED, Status.DENIED},
         Status.SUBMITTED: {Status.COMPLETED},
         Status.COMPLETED: set(),
         Status.DENIED: set(),
         Status.CANCELED: set(),
     }
-    ACTIVE = (Status.PREPARED, Status.APPROVED, Status.SUBMITTING, Status.UNKNOWN, Status.SUBMITTED)
+    ACTIVE = (Status.PREPARED, Status.APPROVED, Status.SUBMITTING, Status.SUBMITTED)
 
     class Provider(models.TextChoices):
         PAYPAL = "paypal"
@@ -96,8 +97,6 @@ class PayoutBatch(StatusMachine, TimestampedModel):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     failure_reason = models.CharField(max_length=255, blank=True)
-    sync_attempts = models.PositiveSmallIntegerField(default=0)
-    next_sync_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]
@@ -111,14 +110,19 @@ class PayoutBatch(StatusMachine, TimestampedModel):
         return f"{self.sender_batch_id} ({self.status})"
 
 
+# The protocol operations (providers.protocol) that move payout money. The subject of a batch create is the
+# PayoutBatch; of a transfer or an unclaimed-item cancel, the PayoutItem.
+OPERATION_PAYPAL_BATCH = "payout.paypal_batch"
+OPERATION_STRIPE_TRANSFER = "payout.stripe_transfer"
+OPERATION_CANCEL_UNCLAIMED = "payout.cancel_unclaimed"
+
 # Item statuses in which the winner is being, or has been, paid (see PayoutItem.LIVE).
-LIVE_ITEM_STATUSES = ("NEW", "UNKNOWN", "PENDING", "UNCLAIMED", "ONHOLD", "SUCCESS")
+LIVE_ITEM_STATUSES = ("NEW", "PENDING", "UNCLAIMED", "ONHOLD", "SUCCESS")
 
 
 class PayoutItem(StatusMachine, TimestampedModel):
     class Status(models.TextChoices):
-        NEW = "NEW"  # prepared, not yet sent
-        UNKNOWN = "UNKNOWN"  # its batch's submission outcome is unknown
+        NEW = "NEW"  # prepared; not known to be at the provider (its money movement may be open)
         PENDING = "PENDING"
         UNCLAIMED = "UNCLAIMED"
         ONHOLD = "ONHOLD"
@@ -135,8 +139,7 @@ class PayoutItem(StatusMachine, TimestampedModel):
     UNPAID_FINAL = (Status.FAILED, Status.RETURNED, Status.BLOCKED, Status.DENIED, Status.CANCELED)
     TAKEN_BACK = (Status.REFUNDED, Status.REVERSED)  # paid, then the money came back
     TRANSITIONS = {
-        Status.NEW: {Status.PENDING, Status.UNKNOWN, Status.SUCCESS, Status.FAILED, Status.DENIED, Status.CANCELED},
-        Status.UNKNOWN: {Status.PENDING, Status.SUCCESS, Status.FAILED, Status.DENIED},
+        Status.NEW: {Status.PENDING, Status.SUCCESS, Status.FAILED, Status.DENIED, Status.CANCELED},
         Status.PENDING: {
             Status.SUCCESS,
             Status.FAILED,

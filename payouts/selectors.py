@@ -6,9 +6,25 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from django.db.models import Count, Sum
+from django.db.models import Count, OuterRef, QuerySet, Subquery, Sum
 
-from payouts.models import PayoutItem
+from payouts.models import (
+    OPERATION_CANCEL_UNCLAIMED,
+    OPERATION_PAYPAL_BATCH,
+    OPERATION_STRIPE_TRANSFER,
+    PayoutBatch,
+    PayoutItem,
+)
+from providers.models import MoneyMovement
+
+# The most telling status first: a batch with one transfer unknown and the rest succeeded shows "unknown".
+MOVEMENT_STATUS_ORDER = (
+    MoneyMovement.Status.UNKNOWN,
+    MoneyMovement.Status.WAITING,
+    MoneyMovement.Status.PENDING,
+    MoneyMovement.Status.DECLINED,
+    MoneyMovement.Status.SUCCEEDED,
+)
 
 
 @dataclass(frozen=True)
@@ -33,3 +49,40 @@ def progress_by_batch(batch_ids: Iterable[int]) -> dict[int, list[StatusProgress
     for row in sorted(rows, key=lambda row: (row["batch_id"], order[row["status"]])):
         progress[row["batch_id"]].append(StatusProgress(row["status"], row["count"], row["amount_minor"]))
     return dict(progress)
+
+
+def batch_movements(batch: PayoutBatch) -> QuerySet[MoneyMovement]:
+    """Every money movement of a batch: its PayPal create, its items' Stripe transfers and unclaimed cancels."""
+    items = PayoutItem.objects.filter(batch_id=batch.pk).values("pk")
+    own = MoneyMovement.objects.filter(operation=OPERATION_PAYPAL_BATCH, subject_id=batch.pk)
+    per_item = MoneyMovement.objects.filter(
+        operation__in=(OPERATION_STRIPE_TRANSFER, OPERATION_CANCEL_UNCLAIMED), subject_id__in=items
+    )
+    return (own | per_item).order_by("pk")
+
+
+def movement_status_by_batch(batch_ids: Iterable[int]) -> dict[int, str]:
+    """What the provider did with each batch's send, as the protocol knows it: the status of its PayPal create,
+    or the most telling status of its items' Stripe transfers; a batch not sent yet has none. Two queries."""
+    ids = list(batch_ids)
+    found: dict[int, set[str]] = defaultdict(set)
+    batch_rows = MoneyMovement.objects.filter(operation=OPERATION_PAYPAL_BATCH, subject_id__in=ids)
+    for subject_id, status in batch_rows.values_list("subject_id", "status"):
+        found[subject_id].add(status)
+    item_batch = PayoutItem.objects.filter(pk=OuterRef("subject_id")).values("batch_id")[:1]
+    transfers = (
+        MoneyMovement.objects.filter(
+            operation=OPERATION_STRIPE_TRANSFER,
+            subject_id__in=PayoutItem.objects.filter(batch_id__in=ids).values("pk"),
+        )
+        .annotate(batch_id=Subquery(item_batch))
+        .order_by()
+        .values_list("batch_id", "status")
+        .distinct()
+    )
+    for batch_id, status in transfers:
+        found[batch_id].add(status)
+    return {
+        batch_id: next(status for status in MOVEMENT_STATUS_ORDER if status in statuses)
+        for batch_id, statuses in found.items()
+    }

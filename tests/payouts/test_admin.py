@@ -219,9 +219,10 @@ def test_batch_changelist_shows_progress_by_status_with_currency(sandbox, viewer
 
     response = client_for(viewer).get(reverse("admin:payouts_payoutbatch_changelist"))
 
-    # checkbox, sender_batch_id, cycle, provider, status, total, item count, progress, ...
-    assert row_cells(response.content.decode(), batch.sender_batch_id)[4:8] == [
+    # checkbox, sender_batch_id, cycle, provider, status, provider call, total, item count, progress, ...
+    assert row_cells(response.content.decode(), batch.sender_batch_id)[4:9] == [
         "Completed",
+        "succeeded",  # the batch create's money movement
         "$1,000.00",
         "4",
         "UNCLAIMED 1 · $200.00, SUCCESS 1 · $100.00, FAILED 1 · $300.00, RETURNED 1 · $400.00",

@@ -6,6 +6,7 @@ import uuid
 import pytest
 from django.contrib.auth.models import Permission
 from django.db import connections
+from django.utils import timezone
 
 from core.errors import AppError, Conflict, InvalidRequest
 from core.money import Money
@@ -24,6 +25,8 @@ from payouts.services import (
     sender_batch_id,
     winnings_fund,
 )
+from providers.models import MoneyMovement
+from providers.protocol import movements_sweep
 from providers.sandbox import paypal as paypal_sandbox
 from providers.sandbox.server import Fault
 
@@ -153,9 +156,14 @@ def test_a_crash_after_paypal_accepted_ends_with_one_batch_after_sync(sandbox, c
     sandbox.add_fault(Fault(operation="paypal.payouts.create", kind="applied_then_timeout"))
     (batch,) = cycle_prepare(cycle_id=cycle.pk, actor=operator)
     batch = batch_execute(batch_id=batch.pk, actor=operator)
-    assert batch.status == "unknown"
-    assert set(statuses(batch).values()) == {"UNKNOWN"}
-    batch = batch_sync(batch_id=batch.pk)
+    assert batch.status == "submitting"  # while its money movement is open
+    assert set(statuses(batch).values()) == {"NEW"}
+    movement = MoneyMovement.objects.get(operation="payout.paypal_batch", subject_id=batch.pk)
+    assert (movement.status, movement.key) == ("unknown", batch.sender_batch_id)
+    assert batch_sync(batch_id=batch.pk).status == "submitting"  # following items never resolves a send
+    MoneyMovement.objects.filter(pk=movement.pk).update(next_sync_at=timezone.now())
+    assert movements_sweep() == 1  # the same sender_batch_id again: PayPal names the batch it has
+    batch.refresh_from_db()
     assert batch.status == "submitted"
     assert list(paypal_sandbox.paypal_sandbox(sandbox).batches) == [batch.provider_batch_id]  # exactly one
     for _ in range(3):
@@ -245,7 +253,9 @@ def test_connected_account_winners_are_paid_by_keyed_stripe_transfers(sandbox, c
         7_500, "acct_1SellerXYZ", stripe_batch.sender_batch_id,
     )  # fmt: skip
     assert batch_sync(batch_id=stripe_batch.pk).status == "completed"  # a replayed sync pays nothing more
+    assert movements_sweep() == 0  # nor does the sweeper: the transfer's movement is final
     assert len(stripe_sandbox.state_of(sandbox).transfers) == 1
+    assert sandbox.calls["stripe.transfers.create"] == 1
     assert posted("provider:stripe:clearing:USD") == -7_500
     posting = Hold.objects.get(pk=item.hold_id).posted_transaction
     assert posting.metadata["provider"] == "stripe"  # the reconciliation contract: the money's provider id
@@ -283,9 +293,9 @@ def test_unknown_batch_ids_are_not_found(operator):
 
 @pytest.mark.django_db
 def test_batches_split_at_the_item_limit_each_with_its_own_id(sandbox, cycle, operator, monkeypatch):
-    import payouts.services
+    import payouts.services.prepare
 
-    monkeypatch.setattr(payouts.services, "MAX_BATCH_ITEMS", 3)
+    monkeypatch.setattr(payouts.services.prepare, "MAX_BATCH_ITEMS", 3)
     batches = cycle_prepare(cycle_id=cycle.pk, actor=operator)
     assert [b.item_count for b in batches] == [3, 1]
     assert len({b.sender_batch_id for b in batches}) == 2
