@@ -113,17 +113,16 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": crontab(hour=2, minute=45),
     },
     "providers-sweep-money-movements": {"task": "providers.sweep_money_movements", "schedule": crontab()},
-    "payouts-sync-batches": {"task": "payouts.sync_batches", "schedule": crontab(minute="*/5")},
+    "payouts-sync-batches": {"task": "payouts.sync_batches", "schedule": crontab(minute="*/5")},  # item statuses
+    "payouts-cancel-unclaimed-items": {"task": "payouts.cancel_unclaimed_items", "schedule": crontab(minute=23)},
     "providers-sweep-webhook-events": {"task": "providers.sweep_webhook_events", "schedule": crontab(minute="*/5")},
     "core-purge-idempotency-keys": {
         "task": "core.purge_idempotency_keys",
         "schedule": crontab(minute=15),
     },
     "escrow-time-out-purchases": {"task": "escrow.time_out_purchases", "schedule": crontab()},  # every minute
-    "escrow-sync-purchases": {"task": "escrow.sync_purchases", "schedule": crontab(minute="*/5")},
     "escrow-apply-deal-timeouts": {"task": "escrow.apply_deal_timeouts", "schedule": crontab()},  # every minute
     "escrow-retry-deal-transfers": {"task": "escrow.retry_deal_transfers", "schedule": crontab(minute=7)},  # hourly
-    "escrow-sync-deals": {"task": "escrow.sync_deals", "schedule": crontab(minute="*/5")},
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -179,7 +178,7 @@ LEDGER_MAX_RETRIES = env.int("LEDGER_MAX_RETRIES", default=5)
 # Accounts whose (immutable) facts each process remembers; see ledger.services.
 LEDGER_REMEMBERED_ACCOUNTS = env.int("LEDGER_REMEMBERED_ACCOUNTS", default=100_000)
 
-# --- Daily reconciliation (monitoring/reconciliation.py).
+# --- Daily reconciliation (monitoring/reconciliation/).
 RECONCILIATION_PROVIDERS = env.list("RECONCILIATION_PROVIDERS", default=["stripe"])  # compared every night
 # Our records this long before or after the day are read too, so one recorded just across midnight still matches.
 RECONCILIATION_RECORD_SLACK_HOURS = env.int("RECONCILIATION_RECORD_SLACK_HOURS", default=24)
@@ -192,13 +191,10 @@ PAYOUT_APPROVAL_THRESHOLD_MINOR = env.int("PAYOUT_APPROVAL_THRESHOLD_MINOR", def
 PAYOUT_UNCLAIMED_CANCEL_AFTER_DAYS = env.int("PAYOUT_UNCLAIMED_CANCEL_AFTER_DAYS", default=25)
 SANDBOX_URL = env.str("SANDBOX_URL", default="http://127.0.0.1:8765")
 PROVIDER_TIMEOUT_SECONDS = env.float("PROVIDER_TIMEOUT_SECONDS", default=10.0)
-# Purchases: an in-flight purchase (its provider call started, no answer recorded) older than this is
-# taken over by the sync sweeper, which re-sends under the same key.
-PURCHASE_STALE_AFTER_SECONDS = env.int("PURCHASE_STALE_AFTER_SECONDS", default=120)
 # The money-moving protocol: how long a worker owns a movement it is sending, and how old an unanswered
 # intent gets before the sweeper takes it over. Keep it above the longest provider call with its retries.
 PROTOCOL_CLAIM_SECONDS = env.int("PROTOCOL_CLAIM_SECONDS", default=120)
-# Escrow deals (escrow/deals.py). Releases above this amount (minor units) need a second staff user's approval.
+# Escrow deals (escrow/deals/). Releases above this amount (minor units) need a second staff user's approval.
 ESCROW_APPROVAL_THRESHOLD_MINOR = env.int("ESCROW_APPROVAL_THRESHOLD_MINOR", default=1_000_000)
 # A held deal's timeout policy applies this long after its deadline.
 ESCROW_TIMEOUT_GRACE = timedelta(seconds=env.int("ESCROW_TIMEOUT_GRACE_SECONDS", default=15 * 60))
@@ -207,8 +203,8 @@ ESCROW_TIMEOUT_MAX_DEALS_PER_RUN = env.int("ESCROW_TIMEOUT_MAX_DEALS_PER_RUN", d
 ESCROW_TIMEOUT_MAX_AMOUNT_PER_RUN_MINOR = env.int("ESCROW_TIMEOUT_MAX_AMOUNT_PER_RUN_MINOR", default=10_000_000)
 # Card authorizations lapse after about 7 days: flag them after this; deals that may outlive it are captured at once.
 ESCROW_AUTHORIZATION_WARN_AFTER = timedelta(hours=env.int("ESCROW_AUTHORIZATION_WARN_AFTER_HOURS", default=6 * 24))
-# Failed transfers are retried with the same key after 1 h, 2 h, 4 h, 8 h: keep the sum inside Stripe's 24 h
-# idempotency window. After the last attempt a staff alert waits for a person.
+# Transfers Stripe declined are tried again (a new attempt, a new key) after 1 h, 2 h, 4 h, 8 h. After the last
+# attempt a staff alert waits for a person.
 ESCROW_TRANSFER_MAX_ATTEMPTS = env.int("ESCROW_TRANSFER_MAX_ATTEMPTS", default=5)
 ESCROW_TRANSFER_RETRY_BASE = timedelta(seconds=env.int("ESCROW_TRANSFER_RETRY_BASE_SECONDS", default=3600))
 # Where providers send the customer back after a redirect payment: <url>/<payment reference>/<outcome>.

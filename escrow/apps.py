@@ -8,11 +8,14 @@ class EscrowConfig(AppConfig):
 
     def ready(self) -> None:
         from escrow.deal_webhooks import register_deal_handlers
+        from escrow.deals import register_deal_operations
 
+        register_deal_operations()
         register_deal_handlers()
 
-        from escrow.purchases import register_purchase_handlers
+        from escrow.purchases import register_purchase_handlers, register_purchase_operations
 
+        register_purchase_operations()
         register_purchase_handlers()
 
         from escrow.limits import SPEND_LIMITS_GUARD

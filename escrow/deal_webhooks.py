@@ -1,7 +1,12 @@
 """Stripe webhooks for escrow deals and sellers. Each handler ignores objects that are not escrow's
 (no `escrow_deal` metadata and no id we recorded) and only moves a deal forward, so duplicates and any
 delivery order are harmless. An event that arrives before the state it follows (a reversal before the
-transfer is recorded) fails, and the webhook sweeper applies it again later."""
+transfer is recorded) fails, and the webhook sweeper applies it again later.
+
+An event that settles one of our money movements (the hold placed or failed, the capture made, the void
+done, the transfer created) resolves that movement through the protocol (`movement_resolve`), so the
+outcome is recorded once, by the operation's hook, whichever of webhook, call and sweeper comes first.
+Transfers are matched to their movement by the key they carry (`metadata["idempotency_key"]`)."""
 
 from __future__ import annotations
 
@@ -9,17 +14,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from escrow.deals import (
+    deal_authorization_lapsed,
     deal_capture_recorded,
-    deal_hold_failed,
-    deal_hold_succeeded,
     deal_transfer_failed_after,
     deal_transfer_reversed,
-    deal_transfer_succeeded,
-    deal_voided,
     seller_account_updated,
 )
+from escrow.deals.common import CAPTURE, HOLD, TRANSFER, VOID
 from escrow.models import EscrowDeal
-from providers.models import WebhookEvent
+from providers.base import Declined, Succeeded, found_failed
+from providers.models import MoneyMovement, WebhookEvent
+from providers.protocol import movement_latest, movement_resolve
+from providers.stripe.client import IDEMPOTENCY_METADATA_KEY
 from providers.webhooks import register_handler
 
 Status = EscrowDeal.Status
@@ -34,31 +40,60 @@ def _deal_of(obj: Obj, id_field: str) -> EscrowDeal | None:
     return EscrowDeal.objects.filter(**{id_field: obj.get("id") or "-"}).first() if obj.get("id") else None
 
 
+def _open_movement(deal: EscrowDeal, operation: str) -> MoneyMovement | None:
+    movement = movement_latest(operation=operation, subject_id=deal.pk)
+    return movement if movement is not None and movement.status in MoneyMovement.OPEN else None
+
+
 def payment_intent_changed(event: WebhookEvent, body: Obj) -> None:
     """Hold placed (amount_capturable_updated, or succeeded when captured at once), captured, failed, canceled."""
     intent = body["data"]["object"]
     deal = _deal_of(intent, "payment_intent_id")
     if deal is None:
         return
-    status = intent["status"]
+    status, reference = intent["status"], intent["id"]
     if deal.status == Status.CREATED:
-        if status in ("requires_capture", "succeeded"):
-            deal_hold_succeeded(deal_id=deal.pk, payment_intent_id=intent["id"], captured=status == "succeeded")
-        elif body["type"] in ("payment_intent.payment_failed", "payment_intent.canceled"):
-            reason = (intent.get("last_payment_error") or {}).get("message") or f"payment intent {status}"
-            deal_hold_failed(deal_id=deal.pk, reason=reason)
+        _hold_changed(deal, intent, body["type"])
     elif status == "succeeded" and deal.hold_mode == EscrowDeal.HoldMode.AUTHORIZATION:
-        deal_capture_recorded(deal_id=deal.pk, payment_intent_id=intent["id"])
+        capture = _open_movement(deal, CAPTURE)
+        if capture is not None:
+            movement_resolve(movement=capture, result=Succeeded(reference=reference, status=status, raw=intent))
+        else:  # captured outside our capture call (by hand at Stripe): the money moved all the same
+            deal_capture_recorded(deal_id=deal.pk, payment_intent_id=reference)
     elif status == "canceled":
-        target = Status.REFUNDED if deal.status == Status.REFUNDING else Status.EXPIRED
-        deal_voided(deal_id=deal.pk, target=target)
+        _intent_canceled(deal, intent)
+
+
+def _hold_changed(deal: EscrowDeal, intent: Obj, event_type: str) -> None:
+    hold = _open_movement(deal, HOLD)
+    if hold is None:
+        return
+    if intent["status"] in ("requires_capture", "succeeded"):
+        movement_resolve(movement=hold, result=Succeeded(reference=intent["id"], status=intent["status"], raw=intent))
+    elif event_type in ("payment_intent.payment_failed", "payment_intent.canceled"):
+        reason = (intent.get("last_payment_error") or {}).get("message") or f"payment intent {intent['status']}"
+        movement_resolve(movement=hold, result=Declined(reason=str(reason), code="hold_failed", raw=intent))
+
+
+def _intent_canceled(deal: EscrowDeal, intent: Obj) -> None:
+    """Voided by our cancel, or the authorization lapsed (Stripe voids it after about 7 days)."""
+    void, capture = _open_movement(deal, VOID), _open_movement(deal, CAPTURE)
+    if void is not None:
+        movement_resolve(movement=void, result=Succeeded(reference=intent["id"], status="canceled", raw=intent))
+    elif capture is not None:
+        lapsed = found_failed("the authorization was canceled at Stripe", intent)
+        movement_resolve(movement=capture, result=lapsed)
+    else:
+        deal_authorization_lapsed(deal_id=deal.pk)
 
 
 def transfer_created(event: WebhookEvent, body: Obj) -> None:
+    """Our transfer was made: its movement (found by the key the transfer carries) is resolved."""
     transfer = body["data"]["object"]
-    deal = _deal_of(transfer, "transfer_id")
-    if deal is not None and deal.status in (Status.RELEASED, Status.TRANSFER_FAILED):
-        deal_transfer_succeeded(deal_id=deal.pk, transfer_id=transfer["id"])
+    key = (transfer.get("metadata") or {}).get(IDEMPOTENCY_METADATA_KEY)
+    movement = MoneyMovement.objects.filter(key=key, operation=TRANSFER).first() if key else None
+    if movement is not None and movement.status in MoneyMovement.OPEN:
+        movement_resolve(movement=movement, result=Succeeded(reference=transfer["id"], status="paid", raw=transfer))
 
 
 def transfer_reversed(event: WebhookEvent, body: Obj) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from escrow.purchases import purchases_sync_due, purchases_time_out_due
+from escrow.purchases import purchases_time_out_due
 
 
 @shared_task(name="escrow.time_out_purchases")
@@ -13,32 +13,25 @@ def time_out_purchases_task() -> int:
     return purchases_time_out_due()
 
 
-@shared_task(name="escrow.sync_purchases")
-def sync_purchases_task() -> int:
-    """Resolve purchases and refunds whose outcome at Stripe is unknown, and finish interrupted ones."""
-    return purchases_sync_due()
-
-
 @shared_task(name="escrow.apply_deal_timeouts")
 def apply_deal_timeouts_task() -> dict[str, object]:
     """Apply the timeout policy of held deals past deadline + grace, within the per-run breaker; every minute."""
     from escrow.deals import deal_timeouts_run
 
     run = deal_timeouts_run()
-    return {"processed": run.processed, "failed": run.failed, "skipped": run.skipped, "stopped_by": run.stopped_by}
+    return {
+        "processed": run.processed,
+        "failed": run.failed,
+        "skipped": run.skipped,
+        "oversized": len(run.oversized),
+        "stopped_by": run.stopped_by,
+    }
 
 
 @shared_task(name="escrow.retry_deal_transfers")
 def retry_deal_transfers_task() -> int:
-    """Send failed escrow transfers again under their one key, when their backoff is over; hourly."""
+    """A new attempt (new key) for escrow transfers Stripe declined, when their backoff is over; hourly.
+    Transfers whose outcome is unknown are the protocol's sweeper's (providers.sweep_money_movements)."""
     from escrow.deals import deal_transfers_retry_due
 
     return deal_transfers_retry_due()
-
-
-@shared_task(name="escrow.sync_deals")
-def sync_deals_task() -> int:
-    """Find out, with the same keys, what became of deals whose Stripe outcome is unknown; every 5 minutes."""
-    from escrow.deals import deals_sync_due
-
-    return deals_sync_due()

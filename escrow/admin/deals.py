@@ -2,8 +2,9 @@
 
 Money, statuses and provider references are read-only. Changes to deals are actions that call one
 escrow.deals service per deal with request.user (which checks the permission itself) and report each
-outcome, or the AppError's user_message and action_required. Tiers and seller accounts are configuration:
-editable, every change audited, never deleted.
+outcome, or the AppError's user_message and action_required. A deal's page lists its money movements (what
+Stripe was asked, under which key, and what is known of it), each linked to its page with 'Sync now'.
+Tiers and seller accounts are configuration: editable, every change audited, never deleted.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html_join
+from django.utils.safestring import mark_safe
 
 from core.admin import ReadOnlyAdmin, action_confirmed, action_page
 from core.errors import AppError
@@ -22,6 +26,7 @@ from core.money import Money
 from escrow.deals import deal_cancel, deal_release, deal_release_approve, deal_transfer_retry
 from escrow.models import CommissionTier, EscrowDeal, SellerAccount
 from providers.admin import AuditedConfigAdmin
+from providers.models import MoneyMovement
 
 
 @admin.register(CommissionTier)
@@ -63,6 +68,7 @@ class EscrowDealAdmin(ReadOnlyAdmin):
     date_hierarchy = "created_at"
     show_full_result_count = False
     actions = ("release", "approve_release", "refund", "retry_transfer")
+    readonly_fields = ("money_movements",)
 
     @admin.display(description="Amount")
     def amount(self, deal: EscrowDeal) -> str:
@@ -71,6 +77,15 @@ class EscrowDealAdmin(ReadOnlyAdmin):
     @admin.display(description="Commission")
     def commission(self, deal: EscrowDeal) -> str:
         return f"{Money(deal.commission_minor, deal.currency).format()} ({deal.commission_bps / 100:g}%)"
+
+    @admin.display(description="Money movements")
+    def money_movements(self, deal: EscrowDeal) -> str:
+        movements = MoneyMovement.objects.filter(operation__startswith="escrow.", subject_id=deal.pk).order_by("id")
+        rows = (
+            (reverse("admin:providers_moneymovement_change", args=[m.pk]), m.operation, m.key, m.get_status_display())
+            for m in movements
+        )
+        return format_html_join(mark_safe("<br>"), '<a href="{}">{}</a> {}: {}', rows) or "-"
 
     def _each(self, request: HttpRequest, queryset: QuerySet[EscrowDeal], verb: str, call: Callable) -> None:
         for deal in queryset.order_by("pk"):
@@ -115,7 +130,7 @@ class EscrowDealAdmin(ReadOnlyAdmin):
         cancel = lambda d: deal_cancel(deal_id=d.pk, actor=request.user)  # noqa: E731
         return self._confirm_then(request, queryset, "refund", "Cancel and refund the buyer", "refund asked", cancel)
 
-    @admin.action(description="Retry transfer now (same key)")
+    @admin.action(description="Retry transfer now (looks it up first; a new key only after a decline)")
     def retry_transfer(self, request: HttpRequest, queryset: QuerySet[EscrowDeal]) -> TemplateResponse | None:
         retry = lambda d: deal_transfer_retry(deal_id=d.pk, actor=request.user)  # noqa: E731
         return self._confirm_then(request, queryset, "retry_transfer", "Retry the transfer", "transfer retried", retry)

@@ -17,7 +17,8 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from core.admin import ReadOnlyAdmin, ReadOnlyInline, action_confirmed, action_page
 from core.errors import AppError
@@ -25,6 +26,7 @@ from core.money import Money, MoneyError
 from core.services import audit_record
 from escrow.models import PurchasableService, Purchase, PurchaseRefund, ServicePrice
 from escrow.purchases import purchase_cancel, purchase_refund, purchase_sync
+from escrow.purchases.common import purchase_movements
 from providers.admin import AuditedConfigAdmin
 
 T = TypeVar("T")
@@ -86,7 +88,7 @@ class PurchasableServiceAdmin(AuditedConfigAdmin):
 
 class PurchaseRefundInline(ReadOnlyInline):
     model = PurchaseRefund
-    fields = ("id", "amount", "status", "provider_refund_id", "reason", "requested_by", "failure_reason", "created_at")
+    fields = ("id", "amount", "status", "provider_reference", "reason", "requested_by", "failure_reason", "created_at")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[PurchaseRefund]:
         return super().get_queryset(request).select_related("purchase", "requested_by")
@@ -108,8 +110,8 @@ class PurchaseAdmin(ReadOnlyAdmin):
     inlines = (PurchaseRefundInline,)
     actions = ("cancel_and_refund", "refund_part", "sync_unknown")
     fields = ("buyer", "service", "amount", "status", "outcome", "outcome_detail", "outcome_at", "captured",
-              "refunded", "refund_reserved", "payment_intent_id", "intent_keys", "deliver_by", "failure_reason",
-              "sync_attempts", "next_sync_at", "client_key", "created_at", "updated_at")  # fmt: skip
+              "refunded", "refund_reserved", "payment_intent_id", "intent_keys", "money_movements", "deliver_by",
+              "failure_reason", "client_key", "created_at", "updated_at")  # fmt: skip
     readonly_fields = fields
 
     @admin.display(description="Amount", ordering="amount_minor")
@@ -131,6 +133,20 @@ class PurchaseAdmin(ReadOnlyAdmin):
     @admin.display(description="Provider keys")
     def intent_keys(self, purchase: Purchase) -> str:
         return ", ".join((purchase.authorize_key, purchase.capture_key, purchase.void_key))
+
+    @admin.display(description="Money movements (the truth about Stripe)")
+    def money_movements(self, purchase: Purchase) -> str:
+        rows = [
+            format_html(
+                '<a href="{}">{}</a> {}{}',
+                reverse("admin:providers_moneymovement_change", args=[movement.pk]),
+                movement.key,
+                movement.get_status_display(),
+                f" (next look {movement.next_sync_at:%Y-%m-%d %H:%M} UTC)" if movement.next_sync_at else "",
+            )
+            for movement in purchase_movements(purchase.pk)
+        ]
+        return format_html_join(mark_safe("<br>"), "{}", ((row,) for row in rows)) or "-"
 
     # --- actions
     def _attempt(self, request: HttpRequest, label: str, call: Callable[[], T]) -> T | None:
@@ -156,7 +172,7 @@ class PurchaseAdmin(ReadOnlyAdmin):
         if purchase.outcome:
             text += f" ({purchase.outcome})"
         if purchase.status in Purchase.UNKNOWN:
-            text += "; Stripe's answer was lost: a sync will find out, it is never sent under a new key."
+            text += "; Stripe's answer was lost: its money movement is looked up on schedule, never sent anew."
         self.message_user(request, f"{text}, refunded {self.refunded(purchase)}.", level)
 
     @admin.action(description="Cancel and refund the selected purchases")
@@ -205,7 +221,7 @@ class PurchaseAdmin(ReadOnlyAdmin):
             self.message_user(request, text + (f": {refund.failure_reason}" if refund.failure_reason else "."), level)
         return None
 
-    @admin.action(description="Sync: ask Stripe about the selected purchases and finish them")
+    @admin.action(description="Sync: look the selected purchases' open money movements up at Stripe now; finish them")
     def sync_unknown(self, request: HttpRequest, queryset: QuerySet[Purchase]) -> None:
         for purchase in queryset.order_by("pk"):
             done = self._attempt(
@@ -219,9 +235,9 @@ class PurchaseAdmin(ReadOnlyAdmin):
 
 @admin.register(PurchaseRefund)
 class PurchaseRefundAdmin(ReadOnlyAdmin):
-    list_display = ("id", "purchase_link", "amount", "status", "provider_refund_id", "requested_by", "created_at")
+    list_display = ("id", "purchase_link", "amount", "status", "provider_reference", "requested_by", "created_at")
     list_filter = ("status",)
-    search_fields = ("=purchase__id", "provider_refund_id")
+    search_fields = ("=purchase__id", "provider_reference")
     list_select_related = ("purchase", "requested_by")
 
     @admin.display(description="Purchase")

@@ -56,7 +56,7 @@ class PurchaseCreateSerializer(serializers.Serializer):
 class PurchaseRefundSerializer(serializers.ModelSerializer):
     class Meta:
         model = PurchaseRefund
-        fields = ("id", "amount_minor", "status", "provider_refund_id", "reason", "failure_reason", "created_at")
+        fields = ("id", "amount_minor", "status", "provider_reference", "reason", "failure_reason", "created_at")
         read_only_fields = fields
 
 

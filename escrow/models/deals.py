@@ -1,7 +1,8 @@
 """Escrow deals: a buyer's money held until the deal completes, then paid to the seller minus commission.
 
 The status table (`EscrowDeal.TRANSITIONS`) is the only source of allowed moves; every move is one
-conditional update in `escrow.deals` so the API, webhooks and jobs can race safely.
+conditional update (`EscrowDeal.status_move`, from escrow.deals) so the API, webhooks and jobs can race safely.
+What Stripe did is on the deal's money movements (providers.MoneyMovement, subject: the deal), not here.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class EscrowDeal(StatusMachine, TimestampedModel):
         RELEASING = "releasing"  # capture in progress (or unknown)
         RELEASED = "released"  # split into seller payable and commission; transfer in progress (or unknown)
         TRANSFERRED = "transferred"  # the seller's connected account has the money
-        TRANSFER_FAILED = "transfer_failed"  # refused by Stripe; retried with the same key, then a human
+        TRANSFER_FAILED = "transfer_failed"  # refused by Stripe; retried (new key each time), then a human
         REFUNDING = "refunding"  # void or refund in progress (or unknown)
         REFUNDED = "refunded"  # the buyer has the money back (authorization voided or refunded)
         EXPIRED = "expired"  # the authorization lapsed at Stripe before capture: no money moved
@@ -88,7 +89,6 @@ class EscrowDeal(StatusMachine, TimestampedModel):
         Status.FAILED: set(),
         Status.REVERSED: set(),
     }
-    IN_PROGRESS = (Status.CREATED, Status.RELEASING, Status.REFUNDING)  # a sync resolves these when stuck
     CANCELABLE = (Status.HELD, Status.AWAITING_APPROVAL)
 
     buyer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="escrow_deals")
@@ -111,8 +111,6 @@ class EscrowDeal(StatusMachine, TimestampedModel):
     failure_reason = models.CharField(max_length=500, blank=True)
     transfer_attempts = models.PositiveIntegerField(default=0)
     next_transfer_at = models.DateTimeField(null=True, blank=True, help_text="When the transfer is tried again.")
-    sync_attempts = models.PositiveIntegerField(default=0)
-    next_sync_at = models.DateTimeField(null=True, blank=True, help_text="When an unknown outcome is looked up.")
     release_requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )

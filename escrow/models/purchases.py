@@ -1,11 +1,13 @@
 """Purchases of services, charged in two phases (authorize, then capture on delivery), with refunds.
 
-Invariants (the services in escrow/purchases.py keep them; the database checks the arithmetic):
+Invariants (the services in the escrow/purchases/ package keep them; the database checks the arithmetic):
 - a purchase has two axes: `status` says where the money is (see TRANSITIONS), `outcome` what happened to
   the service (delivered, failed, cancelled, timed out); `outcome` is decided once, by a conditional update
   from "", so delivery, cancel, timeout and webhooks race with exactly one winner;
-- every provider call uses a key derived from the row (`purchase:{id}:authorize`, `:capture`, `:void`,
-  `purchase:{id}:refund:{refund id}`), committed before the call and never replaced;
+- every provider call is a money movement of the one protocol (providers.models.MoneyMovement) with a key
+  derived from the row (`purchase:{id}:authorize`, `:capture`, `:void`, `purchase:{id}:refund:{refund id}`),
+  committed before the call; the movement is the truth about the provider, the `*_unknown` statuses only
+  mirror a movement whose outcome is unknown;
 - `refund_reserved_minor` (succeeded plus in-flight refunds) never exceeds `captured_minor`, and
   `refunded_minor` (succeeded) never exceeds `refund_reserved_minor`.
 """
@@ -128,14 +130,11 @@ class Purchase(StatusMachine, TimestampedModel):
     refund_reserved_minor = models.BigIntegerField(default=0, help_text="Succeeded and in-flight refunds.")
     refunded_minor = models.BigIntegerField(default=0, help_text="Succeeded refunds.")
     failure_reason = models.CharField(max_length=500, blank=True)
-    sync_attempts = models.PositiveSmallIntegerField(default=0)
-    next_sync_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]
         indexes = [
             models.Index(fields=["status", "deliver_by"]),
-            models.Index(fields=["status", "next_sync_at"]),
             models.Index(fields=["outcome", "outcome_at"]),
         ]
         constraints = [
@@ -185,22 +184,21 @@ class PurchaseRefund(TimestampedModel):
 
     class Status(models.TextChoices):
         PENDING = "pending"  # committed; the refund call is being made
+        WAITING = "waiting", "Accepted, waiting for Stripe"  # Stripe's refund is pending: never success
         SUCCEEDED = "succeeded"
         FAILED = "failed"  # known not refunded; its reservation was released
-        UNKNOWN = "unknown"
+        UNKNOWN = "unknown"  # sticky: only Stripe's refund (found by our key) resolves it
 
     purchase = models.ForeignKey(Purchase, on_delete=models.PROTECT, related_name="refunds")
     client_key = models.CharField(max_length=255, help_text="Once-only key of the request (API or system).")
     amount_minor = models.BigIntegerField()
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
-    provider_refund_id = models.CharField(max_length=100, blank=True)
+    provider_reference = models.CharField(max_length=100, blank=True, help_text="Stripe's refund id (re_...).")
     reason = models.CharField(max_length=255, blank=True)
     failure_reason = models.CharField(max_length=500, blank=True)
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
-    sync_attempts = models.PositiveSmallIntegerField(default=0)
-    next_sync_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["id"]

@@ -5,7 +5,8 @@ A refund is reserved on the locked parent (a payment, a purchase) before any pro
 refund row and records its money movement, so concurrent refunds can never exceed what was taken. The
 outcome is recorded once, from the movement's hooks: a known decline gives the reservation back; a
 success adds to the parent's succeeded total (where the parent keeps one). Unknown outcomes keep the
-reservation: the money may have left.
+reservation: the money may have left; so does a refund the provider accepted and will settle later
+(`waiting`, where the refund model has that status: never success).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class RefundBook:
     key: Callable[[Any], str]  # the refund's idempotency key, from the refund row
     provider_of: Callable[[Any], str] | None = None  # the parent's provider, where it varies (payments)
 
-    OPEN = ("pending", "unknown")
+    OPEN = ("pending", "waiting", "unknown")  # "waiting": accepted by the provider, outcome to come
 
 
 def refund_reserve(
@@ -101,6 +102,14 @@ def refund_mark_unknown(book: RefundBook, *, refund_pk: int, reason: str) -> boo
     """The outcome is not known: the reservation stays (the money may have left)."""
     refunds = book.refund_model._default_manager.filter(pk=refund_pk, status="pending")
     return bool(refunds.update(status="unknown", failure_reason=reason[:255], updated_at=timezone.now()))
+
+
+def refund_mark_waiting(book: RefundBook, *, refund_pk: int, provider_reference: str) -> bool:
+    """The provider accepted the refund and will answer later (where the refund model has a `waiting` status):
+    never success; the reservation stays."""
+    refunds = book.refund_model._default_manager.filter(pk=refund_pk, status__in=("pending", "unknown"))
+    fields = {"status": "waiting", "provider_reference": provider_reference, "updated_at": timezone.now()}
+    return bool(refunds.update(**fields))
 
 
 def refund_mark_declined(book: RefundBook, *, refund_pk: int, reason: str) -> bool:

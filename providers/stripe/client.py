@@ -50,6 +50,7 @@ from providers.base import (
     ProviderResult,
     Succeeded,
     Unknown,
+    found_failed,
     outcome_of_server_error,
     outcome_of_transport_error,
 )
@@ -528,9 +529,9 @@ def _refund_result(refund: dict[str, Any]) -> ProviderResult:
     status = refund["status"]
     if status == "succeeded":
         return Succeeded(reference=refund["id"], status=status, raw=refund)
-    if status in ("failed", "canceled"):
+    if status in ("failed", "canceled"):  # the refund exists and failed: known not refunded, however it was read
         reason = f"refund {refund['id']} {status}: {refund.get('failure_reason') or 'no reason given'}"
-        return Declined(reason=reason, code=f"refund_{status}", raw=refund)
+        return found_failed(reason, refund)
     return Pending(reference=refund["id"], status=status, raw=refund)
 
 

@@ -20,7 +20,6 @@ from escrow.deals import (
     deal_cancel,
     deal_release,
     deal_release_approve,
-    deal_sync,
     deal_timeouts_run,
     deal_transfer_retry,
     deal_transfers_retry_due,
@@ -29,6 +28,8 @@ from escrow.models import EscrowDeal, SpendReservation
 from ledger.integrity import ledger_integrity_report
 from ledger.models import Transaction
 from providers.breaker import shared_redis
+from providers.models import MoneyMovement
+from providers.protocol import movement_latest, movements_sweep
 from providers.sandbox import stripe as stripe_sandbox
 from providers.sandbox.server import Fault
 from providers.stripe.client import StripeProviderClient
@@ -235,14 +236,27 @@ def test_a_declined_hold_fails_and_gives_back_the_spend_reservation(sandbox, buy
 
 
 @pytest.mark.django_db
-def test_an_unknown_hold_stays_created_and_the_sync_finds_the_one_payment_intent(sandbox, buyer):
+def test_an_unknown_hold_stays_created_and_the_sweeper_finds_the_one_payment_intent(sandbox, buyer):
     sandbox.add_fault(Fault(operation="stripe.payment_intents.create", kind="error", status=500))
     deal = held_deal(buyer, seller(sandbox))
-    assert deal.status == Status.CREATED and deal.next_sync_at is not None and "unknown" in deal.failure_reason
-    deal = deal_sync(deal_id=deal.pk)
-    assert deal.status == Status.HELD
+    hold = movement_latest(operation="escrow.hold", subject_id=deal.pk)
+    assert deal.status == Status.CREATED and "unknown" in deal.failure_reason
+    assert (hold.key, hold.status) == (f"escrow:{deal.pk}:hold", MoneyMovement.Status.UNKNOWN)
+    assert hold.next_sync_at is not None and movements_sweep() == 0  # its next look is not due yet
+
+    MoneyMovement.objects.filter(pk=hold.pk).update(next_sync_at=timezone.now())  # 5 minutes later
+    assert movements_sweep() == 1  # Stripe Search may lag up to an hour: an empty answer proves nothing yet
+    assert Status.CREATED == EscrowDeal.objects.get(pk=deal.pk).status
+    assert sandbox.calls["stripe.payment_intents.create"] == 1 and not stripe_state(sandbox).payment_intents
+
+    an_hour_ago = timezone.now() - timedelta(hours=1, minutes=5)  # the clock moves on past the search lag
+    MoneyMovement.objects.filter(pk=hold.pk).update(next_sync_at=timezone.now(), first_sent_at=an_hour_ago)
+    assert movements_sweep() == 1  # none carries our key: never made, so the same request goes again
+    deal.refresh_from_db()
+    assert deal.status == Status.HELD and deal.payment_intent_id
     assert len(stripe_state(sandbox).payment_intents) == 1
     assert ("sk_test_sandbox", f"escrow:{deal.pk}:hold") in stripe_state(sandbox).idempotency
+    assert escrow_balances()["held"] == deal.amount_minor  # posted once, by the sweeper's outcome
 
 
 @pytest.mark.django_db
@@ -293,7 +307,7 @@ def test_authorizations_near_expiry_are_flagged_once(sandbox, buyer):
 
 
 @pytest.mark.django_db
-def test_a_refused_transfer_is_retried_with_the_same_key_after_the_account_is_fixed(sandbox, buyer):
+def test_a_refused_transfer_is_retried_under_a_new_key_after_the_account_is_fixed(sandbox, buyer):
     account = seller(sandbox, transfers="inactive")
     deal = deal_release(deal_id=held_deal(buyer, account).pk, actor=buyer)
 
@@ -314,9 +328,12 @@ def test_a_refused_transfer_is_retried_with_the_same_key_after_the_account_is_fi
     (transfer,) = stripe_state(sandbox).transfers.values()
     assert transfer["amount"] == deal.seller_net_minor
     assert sandbox.calls["stripe.transfers.create"] == 2
-    assert [key for _, key in stripe_state(sandbox).idempotency if key.endswith(":transfer")] == [
-        f"escrow:{deal.pk}:transfer"
-    ]
+    assert transfer["metadata"]["idempotency_key"] == f"escrow:{deal.pk}:transfer:2"  # a new attempt, a new key
+    assert list(
+        MoneyMovement.objects.filter(operation="escrow.transfer", subject_id=deal.pk)
+        .order_by("id")
+        .values_list("key", "status")
+    ) == [(f"escrow:{deal.pk}:transfer", "declined"), (f"escrow:{deal.pk}:transfer:2", "succeeded")]
     assert escrow_balances()["payable"] == 0 and ledger_integrity_report().is_clean
 
 
@@ -431,12 +448,15 @@ def test_a_deal_captured_into_escrow_is_released_without_a_second_capture(sandbo
 
 @pytest.mark.django_db
 def test_the_beat_tasks_run_the_jobs(sandbox, buyer):
-    from escrow.tasks import apply_deal_timeouts_task, retry_deal_transfers_task, sync_deals_task
+    from escrow.tasks import apply_deal_timeouts_task, retry_deal_transfers_task
+    from providers.tasks import sweep_money_movements_task
 
     overdue(held_deal(buyer, seller(sandbox)))
-    assert apply_deal_timeouts_task.delay().get() == {"processed": 1, "failed": 0, "skipped": 0, "stopped_by": ""}
+    assert apply_deal_timeouts_task.delay().get() == {
+        "processed": 1, "failed": 0, "skipped": 0, "oversized": 0, "stopped_by": "",
+    }  # fmt: skip
     assert retry_deal_transfers_task.delay().get() == 0
-    assert sync_deals_task.delay().get() == 0
+    assert sweep_money_movements_task.delay().get() == 0  # nothing left open: the void was answered
 
 
 @pytest.mark.django_db

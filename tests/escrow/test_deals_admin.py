@@ -14,6 +14,7 @@ from django.urls import reverse
 from core.models import AuditLog
 from core.roles import roles_sync
 from escrow.models import CommissionTier, EscrowDeal
+from providers.models import MoneyMovement
 from providers.sandbox import stripe as stripe_sandbox
 from tests.escrow.factories_deals import UserFactory, held_deal, seller, tier
 
@@ -92,6 +93,10 @@ def test_the_deal_pages_show_money_read_only_and_filter_by_status(sandbox):
     assert changelist.status_code == 200 and "$1,234.56" in changelist.content.decode()
     page = client_for(viewer).get(reverse("admin:escrow_escrowdeal_change", args=[deal.pk]))
     assert page.status_code == 200 and 'name="amount_minor"' not in page.content.decode()
+    hold = reverse(
+        "admin:providers_moneymovement_change", args=[MoneyMovement.objects.get(key=f"escrow:{deal.pk}:hold").pk]
+    )
+    assert f'<a href="{hold}">escrow.hold</a> escrow:{deal.pk}:hold: Done' in page.content.decode()  # its movements
     client_for(viewer).post(reverse("admin:escrow_escrowdeal_change", args=[deal.pk]), {"amount_minor": 1})
     assert EscrowDeal.objects.get(pk=deal.pk).amount_minor == 123_456
 

@@ -19,14 +19,14 @@ from escrow.purchases import (
     purchase_refund,
     purchase_report_delivery,
     purchase_sync,
-    purchases_sync_due,
 )
 from escrow.tasks import time_out_purchases_task
 from ledger.integrity import ledger_integrity_report
 from ledger.models import Account, Transaction
 from ledger.selectors import account_balance
 from providers.breaker import shared_redis
-from providers.models import FeeRule
+from providers.models import FeeRule, MoneyMovement
+from providers.protocol import movements_sweep
 from providers.sandbox import stripe as stripe_sandbox
 from providers.sandbox.server import Fault
 from tests.escrow.factories_deals import stripe_fee_kept
@@ -80,6 +80,15 @@ def posted(code: str) -> int:
 
 def intent(sandbox, purchase: Purchase) -> dict:
     return stripe_sandbox.state_of(sandbox).payment_intents[purchase.payment_intent_id]
+
+
+def movement(purchase: Purchase, operation: str) -> MoneyMovement:
+    return MoneyMovement.objects.get(operation=f"purchase.{operation}", subject_id=purchase.pk)
+
+
+def make_due(movement: MoneyMovement) -> None:
+    """The sweeper's time for it has come (time moves by the row, not by sleeping)."""
+    MoneyMovement.objects.filter(pk=movement.pk).update(next_sync_at=timezone.now() - timedelta(seconds=1))
 
 
 def spend_counted(purchase: Purchase) -> bool:
@@ -139,13 +148,13 @@ def test_a_failure_reported_after_capture_is_refunded_in_full(sandbox, service, 
     purchase = purchase_report_delivery(purchase_id=purchase.pk, actor=deliverer, outcome="failed", detail="bounced")
     assert (purchase.status, purchase.outcome, purchase.refunded_minor) == ("refunded", "failed", 10_000)
     (refund,) = purchase.refunds.all()
-    assert refund.status == PurchaseRefund.Status.SUCCEEDED and refund.provider_refund_id.startswith("re_")
+    assert refund.status == PurchaseRefund.Status.SUCCEEDED and refund.provider_reference.startswith("re_")
     assert sum(r["amount"] for r in stripe_sandbox.state_of(sandbox).refunds.values()) == 10_000
     # refunded in full; Stripe does not return its fee on a refund: the fee stays an expense
     assert (posted(CLEARING), posted(REVENUE), posted(FEES)) == (-FEE, 0, FEE)
     posting = Transaction.objects.get(idempotency_key=f"purchase:{purchase.pk}:refund:{refund.pk}:settle")
-    assert posting.metadata["provider_reference"] == refund.provider_refund_id
-    assert purchases_sync_due() == 0  # nothing left to finish
+    assert posting.metadata["provider_reference"] == refund.provider_reference
+    assert not MoneyMovement.objects.filter(status__in=MoneyMovement.OPEN).exists()  # nothing left to finish
     assert sandbox.calls["stripe.refunds.create"] == 1
     assert ledger_integrity_report().findings == []
 
@@ -236,15 +245,18 @@ def test_over_the_spend_limit_nothing_is_recorded_and_nothing_is_sent(sandbox, s
 
 
 @pytest.mark.django_db
-def test_an_unknown_authorization_is_resolved_by_a_keyed_replay_never_a_second_hold(sandbox, service, buyer):
+def test_an_unknown_authorization_is_resolved_by_a_look_up_never_a_second_hold(sandbox, service, buyer):
     sandbox.add_fault(Fault(operation="stripe.payment_intents.create", kind="applied_then_timeout"))
     purchase = buy(buyer)
-    assert purchase.status == "authorize_unknown" and purchase.next_sync_at is not None
+    authorize = movement(purchase, "authorize")
+    assert purchase.status == "authorize_unknown"
+    assert authorize.status == "unknown" and authorize.next_sync_at is not None  # the sweeper will look
     assert len(stripe_sandbox.state_of(sandbox).payment_intents) == 1  # Stripe did authorize
     purchase = purchase_sync(purchase_id=purchase.pk)
     assert purchase.status == "reserved" and purchase.payment_intent_id
     assert len(stripe_sandbox.state_of(sandbox).payment_intents) == 1
-    assert sandbox.calls["stripe.payment_intents.create"] == 2
+    assert sandbox.calls["stripe.payment_intents.create"] == 1  # found by our key, never sent again
+    assert sandbox.calls["stripe.payment_intents.search"] == 1
 
 
 @pytest.mark.django_db
@@ -264,8 +276,9 @@ def test_an_unknown_capture_is_resolved_from_the_payment_intent(sandbox, service
     sandbox.add_fault(Fault(operation="stripe.payment_intents.capture", kind="applied_then_timeout"))
     purchase = purchase_report_delivery(purchase_id=purchase.pk, actor=deliverer, outcome="delivered")
     assert purchase.status == "capture_unknown" and posted(CLEARING) == posted(FEES) == 0
-    Purchase.objects.filter(pk=purchase.pk).update(next_sync_at=timezone.now())
-    assert purchases_sync_due() == 1
+    assert movements_sweep() == 0  # not due yet
+    make_due(movement(purchase, "capture"))
+    assert movements_sweep() == 1
     purchase.refresh_from_db()
     assert purchase.status == "captured" and (posted(CLEARING), posted(FEES)) == (10_000 - FEE, FEE)
     assert sandbox.calls["stripe.payment_intents.capture"] == 1  # found done: not sent again
@@ -347,16 +360,16 @@ def test_a_stripe_webhook_resolves_an_unknown_capture_and_ignores_other_objects(
 
 @pytest.mark.django_db
 def test_a_purchase_whose_authorization_call_never_ran_is_taken_over_by_the_sweeper(sandbox, service, buyer):
-    from escrow.purchases import _purchase_record
+    from escrow.purchases.create import purchase_record
 
-    purchase, created = _purchase_record(  # committed, then the process died before calling Stripe
+    purchase, authorize = purchase_record(  # committed, then the process died before calling Stripe
         buyer=buyer, service_code="phone-verification", currency="USD", payment_method="pm_card_visa",
         client_key="crash", amount_minor=None,
     )  # fmt: skip
-    assert created and purchase.status == "authorizing"
-    assert purchases_sync_due() == 0  # a live request may still be making the call
-    Purchase.objects.filter(pk=purchase.pk).update(updated_at=timezone.now() - timedelta(minutes=5))
-    assert purchases_sync_due() == 1
+    assert authorize is not None and purchase.status == "authorizing" and authorize.status == "pending"
+    assert movements_sweep() == 0  # a live request may still be making the call
+    make_due(authorize)
+    assert movements_sweep() == 1
     purchase.refresh_from_db()
     assert purchase.status == "reserved" and intent(sandbox, purchase)["metadata"]["purchase"] == str(purchase.pk)
     assert sandbox.calls["stripe.payment_intents.create"] == 1

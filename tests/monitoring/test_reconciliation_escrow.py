@@ -68,7 +68,7 @@ def test_a_day_of_escrow_and_purchases_has_no_issues(sandbox):
         refunded.payment_intent_id,
         refunded.refund_id,
         purchase.payment_intent_id,
-        partial.provider_refund_id,
+        partial.provider_reference,
     }
     assert all(references) and len(references) == 7
     assert run.matched_count == 7 and run.provider_rows == 7
