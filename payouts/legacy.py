@@ -32,9 +32,9 @@ from core.locks import processing_lock
 from core.money import Money, validate_currency
 from core.services import audit_record
 from ledger.models import Transaction
-from ledger.services import account_create, credit, debit, transaction_post
+from ledger.services import credit, debit, transaction_post
 from payouts.models import LegacyPayout, PayoutBatch, PayoutItem, WinnerSelection
-from payouts.services import provider_clearing
+from payouts.services import prize_expense, provider_clearing
 
 log = structlog.get_logger(__name__)
 
@@ -457,13 +457,6 @@ def _decide(legacy: LegacyPayout, claimed: dict[int, int]) -> Decision:
     return found if isinstance(found, Decision) else _check_selection(legacy, found, claimed)
 
 
-def _prize_expense(currency: str) -> str:
-    code = f"platform:prize-expense:{currency}"
-    account_create(code=code, name=f"Prize expense ({currency})", type="expense", currency=currency,
-                   allow_negative=True)  # fmt: skip
-    return code
-
-
 def _ledger_post(legacy: LegacyPayout, selection: WinnerSelection) -> Transaction:
     assert legacy.amount_minor is not None
     money = Money(legacy.amount_minor, legacy.currency)
@@ -471,7 +464,7 @@ def _ledger_post(legacy: LegacyPayout, selection: WinnerSelection) -> Transactio
     return transaction_post(
         idempotency_key=f"legacy-payout:{legacy.pk}",
         kind="legacy_payout",
-        legs=[debit(_prize_expense(money.currency), money), credit(provider_clearing("paypal", money.currency), money)],
+        legs=[debit(prize_expense(money.currency), money), credit(provider_clearing("paypal", money.currency), money)],
         description=description[:255],
         metadata={
             "legacy_payout_id": legacy.pk,

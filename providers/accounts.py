@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ledger.services import PlatformAccount, account_create, platform_accounts
+from ledger.services import account_create, platform_accounts
 
 
 @dataclass(frozen=True)
@@ -74,15 +74,3 @@ def chart_accounts(currency: str, *roles: str, provider: str = "") -> dict[str, 
         else:
             codes[role] = account_create(code=code, name=name, type=entry.type, currency=currency).code
     return {**codes, **platform_accounts(currency=currency, accounts=hot)}
-
-
-def provider_accounts(provider: str, currency: str) -> dict[str, PlatformAccount]:
-    """A provider's `clearing` and `fees` entries (code, type, name), for `ledger.services.platform_accounts`."""
-    return {
-        role: (
-            account_code(role, currency, provider),
-            CHART[role].type,
-            CHART[role].name.format(provider=provider, currency=currency),
-        )
-        for role in ("clearing", "fees")
-    }

@@ -16,7 +16,6 @@ def sweep_webhook_events_task() -> int:
     return webhook_events_sweep()
 
 
-
 @shared_task(name="providers.sweep_money_movements")
 def sweep_money_movements_task() -> int:
     """Every open money movement of every operation whose next look is due (DESIGN.md section 5, step 6)."""

@@ -25,27 +25,28 @@ from typing import Any
 from core.money import Money
 from escrow.deals.common import PROVIDER
 from escrow.models import EscrowDeal
-from ledger.services import credit, debit, platform_accounts, transaction_post
-from providers.accounts import provider_accounts
+from ledger.services import credit, debit, transaction_post
+from providers.accounts import chart_accounts
 from providers.fees import processing_fee
 
 Leg = tuple[str, str, int]  # (debit role, credit role, minor units)
 
 
+# the legs' roles -> the chart of accounts' roles
+ROLES = {
+    "authorized": "escrow_authorized",
+    "held": "escrow_held",
+    "payable": "escrow_payable",
+    "commission": "escrow_commission",
+    "clearing": "clearing",
+    "fees": "fees",
+}
+
+
 def ledger_accounts(currency: str) -> dict[str, str]:
-    """The escrow accounts of one currency; platform accounts, hot, so never locked (allow_negative)."""
-    accounts = {
-        "authorized": (f"escrow:authorized:{currency}", "asset", f"Escrow card authorizations ({currency})"),
-        "held": (f"escrow:buyer-funds-held:{currency}", "liability", f"Escrow buyer funds held ({currency})"),
-        "payable": (f"escrow:seller-payable:{currency}", "liability", f"Escrow seller payable ({currency})"),
-        "commission": (
-            f"platform:revenue:escrow-commission:{currency}",
-            "revenue",
-            f"Escrow commission revenue ({currency})",
-        ),
-        **provider_accounts(PROVIDER, currency),
-    }
-    return platform_accounts(currency=currency, accounts=accounts)
+    """The escrow accounts of one currency (providers.accounts); platform accounts, hot, so never locked."""
+    codes = chart_accounts(currency, *ROLES.values(), provider=PROVIDER)
+    return {role: codes[chart_role] for role, chart_role in ROLES.items()}
 
 
 def post_step(deal: EscrowDeal, step: str, legs: list[Leg], provider_reference: str = "") -> None:

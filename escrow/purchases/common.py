@@ -10,8 +10,7 @@ from core.alerts import alert_raise
 from core.errors import NotFound
 from core.models import Alert
 from escrow.models import Purchase, PurchaseRefund
-from ledger.services import platform_accounts
-from providers.accounts import provider_accounts
+from providers.accounts import chart_accounts
 from providers.models import MoneyMovement
 from providers.protocol import movement_run
 
@@ -56,11 +55,9 @@ def purchase_movements(purchase_pk: int) -> QuerySet[MoneyMovement]:
 
 
 def ledger_accounts(currency: str) -> dict[str, str]:
-    accounts = {
-        **provider_accounts("stripe", currency),
-        "revenue": (f"platform:revenue:services:{currency}", "revenue", f"Service revenue ({currency})"),
-    }
-    return platform_accounts(currency=currency, accounts=accounts)
+    """Stripe's clearing and fee accounts and service revenue, from the chart of accounts."""
+    codes = chart_accounts(currency, "clearing", "fees", "service_revenue", provider="stripe")
+    return {"clearing": codes["clearing"], "fees": codes["fees"], "revenue": codes["service_revenue"]}
 
 
 def purchase_alert(purchase: Purchase, title: str, detail: str) -> None:

@@ -38,15 +38,13 @@ from core.permissions import require_permission
 from core.services import audit_record
 from ledger.services import (
     HoldRequest,
-    account_create,
     credit,
     debit,
     holds_create_many,
-    platform_accounts,
     transaction_post,
 )
 from payouts.models import LegacyPayout, PayoutBatch, PayoutCycle, PayoutItem, RecipientType, WinnerSelection
-from providers.accounts import provider_accounts
+from providers.accounts import chart_accounts
 from providers.paypal.client import MAX_BATCH_ITEMS
 
 log = structlog.get_logger(__name__)
@@ -93,21 +91,20 @@ def batch_get(batch_id: int, *, lock: bool = False) -> PayoutBatch:
 
 
 def winnings_payable(currency: str) -> str:
-    code = f"payouts:winnings-payable:{currency}"
-    account_create(code=code, name=f"Winnings payable ({currency})", type="liability", currency=currency)
-    return code
+    return chart_accounts(currency, "winnings_payable")["winnings_payable"]
 
 
 def provider_clearing(provider: str, currency: str) -> str:
-    clearing = {"clearing": provider_accounts(provider, currency)["clearing"]}
-    return platform_accounts(currency=currency, accounts=clearing)["clearing"]
+    return chart_accounts(currency, "clearing", provider=provider)["clearing"]
+
+
+def prize_expense(currency: str) -> str:
+    return chart_accounts(currency, "prize_expense")["prize_expense"]
 
 
 def winnings_fund(*, amount: Money, reference: str) -> None:
     """Set money aside for winners: prize expense now, owed to winners until paid."""
-    expense = f"platform:prize-expense:{amount.currency}"
-    account_create(code=expense, name=f"Prize expense ({amount.currency})", type="expense", currency=amount.currency,
-                   allow_negative=True)  # fmt: skip
+    expense = prize_expense(amount.currency)
     transaction_post(
         idempotency_key=f"winnings-fund:{reference}",
         kind="winnings_fund",

@@ -23,6 +23,7 @@ from core.money import Money
 from ledger.integrity import ledger_integrity_report
 from ledger.models import Account, Balance, Entry, Transaction
 from ledger.selectors import account_balance
+from ledger.services import account_create
 from payouts.legacy import MAX_ID, ParsedLegacyId, legacy_import, legacy_reconcile, parse_sender_item_id
 from payouts.models import LegacyPayout, PayoutBatch, PayoutCycle, PayoutItem, WinnerSelection
 from payouts.services import cycle_prepare, winnings_fund
@@ -646,7 +647,8 @@ def test_a_posting_the_ledger_refuses_records_nothing_and_the_row_waits(tmp_path
     winner = _winner(django_user_model, cycle, "cat", 900, "GBP")
     path = _write(tmp_path / "p.csv", f"sender_item_id,amount,currency,status\n{winner.user_id},9.00,GBP,SUCCESS\n")
     legacy_import(path)
-    Account.objects.create(code="platform:prize-expense:GBP", name="wrong", type="asset", currency="GBP")
+    # the prize expense account exists but may not go negative, so the ledger refuses the debit
+    account_create(code="platform:prize-expense:GBP", name="wrong", type="liability", currency="GBP")
     summary = legacy_reconcile(execute=True)
     assert (summary.linked, summary.failed) == (0, 1)
     winner.refresh_from_db()
