@@ -304,6 +304,22 @@ def run_follow_ups(movements: Iterable[MoneyMovement]) -> None:
 # --- 6. the sweeper ----------------------------------------------------------------------------
 
 
+def _sync_failed(pk: int, error: Exception) -> None:
+    """A sync that raised (a bug in a hook) still follows the schedule, so it ends in the staff alert."""
+    now = timezone.now()
+    with transaction.atomic():
+        row = MoneyMovement.objects.select_for_update().get(pk=pk)
+        if row.status in MoneyMovement.FINAL:
+            return
+        reason = f"error while syncing: {error!r}"[:500]
+        fields = {
+            "failure_reason": reason,
+            "claimed_until": None,
+            **_next_sync(row, operation_get(row.operation), reason, now),
+        }
+        MoneyMovement.objects.filter(pk=pk).update(updated_at=now, **fields)
+
+
 def movement_sync_by_staff(*, movement_id: int, actor: AbstractBaseUser) -> MoneyMovement:
     """Staff ("Sync now" in the admin): look an open movement up now, whatever its schedule; audited."""
     require_permission(actor, "providers.sync_moneymovement")
@@ -322,13 +338,15 @@ def movements_due(*, now: Any = None) -> Any:
 
 
 def movements_sweep(*, limit: int = 200) -> int:
-    """Every open movement of every operation whose time has come: looked up (and finished) once more."""
+    """Every open movement of every operation whose time has come: looked up (and finished) once more.
+
+    Returns how many were taken up, including any whose sync failed (those follow the schedule too)."""
     swept = 0
     for pk in list(movements_due().values_list("pk", flat=True)[:limit]):
         try:
             movement_sync(movement_id=pk)
-        except Exception:  # one broken domain hook must not stop the sweep of every other movement
+        except Exception as error:  # one broken domain hook must not stop the sweep of every other movement
             log.exception("movement.sync_failed", movement=pk)
-            continue
+            _sync_failed(pk, error)
         swept += 1
     return swept

@@ -190,3 +190,24 @@ def test_staff_sync_an_unknown_movement_now_from_the_admin_and_it_is_audited(san
     assert refund.status == Refund.Status.SUCCEEDED
     assert len(stripe_sandbox.state_of(sandbox).refunds) == 1
     assert AuditLog.objects.filter(action="providers.movement.sync", object_id=str(movement.pk)).count() == 1
+
+
+@pytest.mark.django_db
+def test_a_hook_that_keeps_failing_still_ends_in_one_staff_alert(sandbox, buyer, finance, monkeypatch):
+    from core.models import Alert
+    from providers.payment_operations import PaymentRefund
+
+    payment = card_payment(buyer, "broken-hook")
+    sandbox.add_fault(Fault(operation="stripe.refunds.create", kind="applied_then_timeout"))
+    refund_request(reference=payment.reference, amount=Money(1_000, "USD"), client_key="b", actor=finance)
+
+    def broken(self, movement, result):
+        raise RuntimeError("a bug in the refund hook")
+
+    monkeypatch.setattr(PaymentRefund, "on_succeeded", broken)
+    sweep_until_quiet(rounds=len(engine.SYNC_SCHEDULE) + 2)
+    movement = MoneyMovement.objects.get(operation="payment.refund")
+    assert movement.status == MoneyMovement.Status.UNKNOWN and movement.next_sync_at is None
+    assert "a bug in the refund hook" in movement.failure_reason
+    assert Alert.objects.filter(key=f"movement:{movement.key}", status=Alert.Status.OPEN).count() == 1
+    assert balance("platform:customer-payments:USD") == 10_000  # nothing posted by the broken hook
