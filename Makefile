@@ -8,7 +8,7 @@ DEMO_DB := var/demo.sqlite3
 SQLITE_TESTS := tests/core tests/ledger/test_services.py tests/ledger/test_api.py tests/ledger/test_admin.py \
 	tests/escrow/test_limits.py
 
-.PHONY: demo demo-smoke test lint install install-dev bench bench-reconcile
+.PHONY: demo demo-smoke test test-protocol lint install install-dev bench bench-reconcile
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,10 +44,15 @@ test: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	DATABASE_URL=$(DATABASE_URL_TEST) REDIS_URL=$(REDIS_URL_TEST) $(PY) manage.py makemigrations --check --dry-run
-	DATABASE_URL=$(DATABASE_URL_TEST) REDIS_URL=$(REDIS_URL_TEST) $(PY) -m pytest $(PYTEST_ARGS)
+	DATABASE_URL=$(DATABASE_URL_TEST) REDIS_URL=$(REDIS_URL_TEST) $(PY) -m pytest -m "not fault_matrix" $(PYTEST_ARGS)
 	# The embedded default (SQLite, no Redis) posts through the Python writer: keep it honest too.
 	rm -f var/test-sqlite.sqlite3 && mkdir -p var
 	DATABASE_URL=sqlite:///$(CURDIR)/var/test-sqlite.sqlite3 REDIS_URL= $(PY) -m pytest -q $(SQLITE_TESTS)
+
+# The protocol's fault matrix: every money-moving operation against every fault sequence (about 2 minutes).
+test-protocol: install-dev
+	DATABASE_URL=$(DATABASE_URL_TEST) REDIS_URL=$(REDIS_URL_TEST) $(PY) scripts/check_services.py
+	DATABASE_URL=$(DATABASE_URL_TEST) REDIS_URL=$(REDIS_URL_TEST) $(PY) -m pytest -m fault_matrix tests/protocol $(PYTEST_ARGS)
 
 bench: install-dev
 	DATABASE_URL=$(DATABASE_URL_TEST) $(PY) bench/ledger.py

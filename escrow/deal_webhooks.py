@@ -22,10 +22,11 @@ from escrow.deals import (
 )
 from escrow.deals.common import CAPTURE, HOLD, TRANSFER, VOID
 from escrow.models import EscrowDeal
-from providers.base import Declined, Succeeded, found_failed
+from providers.base import Succeeded, found_failed
 from providers.models import MoneyMovement, WebhookEvent
 from providers.protocol import movement_latest, movement_resolve
-from providers.stripe.client import IDEMPOTENCY_METADATA_KEY
+from providers.stripe.client import IDEMPOTENCY_METADATA_KEY, intent_result
+from providers.stripe.intents import as_hold
 from providers.webhooks import register_handler
 
 Status = EscrowDeal.Status
@@ -53,7 +54,7 @@ def payment_intent_changed(event: WebhookEvent, body: Obj) -> None:
         return
     status, reference = intent["status"], intent["id"]
     if deal.status == Status.CREATED:
-        _hold_changed(deal, intent, body["type"])
+        _hold_changed(deal, intent)
     elif status == "succeeded" and deal.hold_mode == EscrowDeal.HoldMode.AUTHORIZATION:
         capture = _open_movement(deal, CAPTURE)
         if capture is not None:
@@ -64,15 +65,11 @@ def payment_intent_changed(event: WebhookEvent, body: Obj) -> None:
         _intent_canceled(deal, intent)
 
 
-def _hold_changed(deal: EscrowDeal, intent: Obj, event_type: str) -> None:
+def _hold_changed(deal: EscrowDeal, intent: Obj) -> None:
+    """The PaymentIntent read as a hold, as its look-up would (providers.stripe.intents): held, refused, waiting."""
     hold = _open_movement(deal, HOLD)
-    if hold is None:
-        return
-    if intent["status"] in ("requires_capture", "succeeded"):
-        movement_resolve(movement=hold, result=Succeeded(reference=intent["id"], status=intent["status"], raw=intent))
-    elif event_type in ("payment_intent.payment_failed", "payment_intent.canceled"):
-        reason = (intent.get("last_payment_error") or {}).get("message") or f"payment intent {intent['status']}"
-        movement_resolve(movement=hold, result=Declined(reason=str(reason), code="hold_failed", raw=intent))
+    if hold is not None:
+        movement_resolve(movement=hold, result=as_hold(intent_result(intent)))  # type: ignore[arg-type]
 
 
 def _intent_canceled(deal: EscrowDeal, intent: Obj) -> None:

@@ -38,12 +38,14 @@ from escrow.deals.recorders import (
 )
 from escrow.deals.release import release_split
 from escrow.models import EscrowDeal
-from providers.base import Absent, Declined, LookupResult, Pending, ProviderResult, Succeeded, Unknown, found_failed
+from providers.base import Declined, LookupResult, Pending, ProviderResult, Succeeded
 from providers.models import MoneyMovement
 from providers.protocol import FollowUps, Operation, operation_register
 from providers.stripe.client import stripe_client
+from providers.stripe.intents import CAPTURE as CAPTURE_STEP
+from providers.stripe.intents import VOID as VOID_STEP
+from providers.stripe.intents import IntentStep, as_hold, intent_status, step_answer, step_state
 
-HELD_INTENT = ("requires_capture", "succeeded")
 OUR_CANCELLATION = "abandoned"  # what our void sends; Stripe's own lapse says "automatic"
 
 
@@ -79,13 +81,13 @@ class DealHold(DealOperation):
             idempotency_key=movement.key, capture=capture, metadata={"escrow_deal": str(deal.pk)},
             transfer_group=deal.transfer_group,
         )  # fmt: skip
-        return _as_hold(result)  # type: ignore[return-value]
+        return as_hold(result)  # type: ignore[return-value]
 
     def look_up(self, movement: MoneyMovement) -> LookupResult:
         found = stripe_client().find_payment_intent(
             idempotency_key=movement.key, first_attempt_at=movement.first_sent_at
         )
-        return _as_hold(found)
+        return as_hold(found)
 
     def on_succeeded(self, movement: MoneyMovement, result: Succeeded) -> FollowUps:
         captured = result.status == "succeeded"
@@ -101,72 +103,29 @@ class DealHold(DealOperation):
         return None
 
 
-def _as_hold(result: LookupResult) -> LookupResult:
-    """A PaymentIntent as a hold: authorized or captured = held; a failed confirmation or a canceled intent
-    = found failed (known not held); waiting on the buyer = pending."""
-    if isinstance(result, Succeeded) and result.status not in HELD_INTENT:
-        return found_failed(f"PaymentIntent {result.reference} is {result.status}", result.raw)
-    if isinstance(result, Pending) and result.status == "requires_payment_method":
-        error = (result.raw.get("last_payment_error") or {}).get("message") or "the card was not accepted"
-        return found_failed(str(error), result.raw)
-    return result
-
-
-def intent_status(result: Declined) -> str:
-    """The PaymentIntent's status a decline carries, when it carries the PaymentIntent (a look-up's, a webhook's)."""
-    return str(result.raw.get("status", "")) if result.raw.get("object") == "payment_intent" else ""
-
-
-# --- capture and void: the PaymentIntent's state is the authority ---------------------------------------------
-
-
-def _intent_state(result: ProviderResult, *, done: str, absent: str, failed: str) -> LookupResult:
-    """A retrieved PaymentIntent read for one operation: `done` status = Succeeded, `absent` = Absent (the
-    operation never took effect), `failed` = found failed (it can no longer take effect); else Unknown."""
-    if isinstance(result, Succeeded | Pending):
-        if result.status == done:
-            return Succeeded(reference=result.reference, status=result.status, raw=result.raw)
-        if result.status == absent:
-            return Absent(reason=f"PaymentIntent {result.reference} is still {absent}")
-        if result.status == failed:
-            return found_failed(f"PaymentIntent {result.reference} is {result.status}", result.raw)
-        return Unknown(reason=f"PaymentIntent {result.reference} is {result.status}")
-    return Unknown(reason=f"retrieving the PaymentIntent: {getattr(result, 'reason', result)}")
-
-
 class _IntentOperation(DealOperation):
     """Capture or void: a refusal of the call is checked against the PaymentIntent's state, which says
-    whether it was done (by us or anyone) or can no longer be."""
+    whether it was done (by us or anyone) or can no longer be (providers.stripe.intents)."""
 
-    done: str
-    failed: str
+    step: IntentStep
 
     def call(self, deal: EscrowDeal, key: str) -> ProviderResult:
         raise NotImplementedError
 
-    def state(self, deal: EscrowDeal) -> LookupResult:
-        found = stripe_client().retrieve_payment_intent(payment_intent_id=deal.payment_intent_id)
-        return _intent_state(found, done=self.done, absent="requires_capture", failed=self.failed)
+    def read(self, deal: EscrowDeal) -> ProviderResult:
+        return stripe_client().retrieve_payment_intent(payment_intent_id=deal.payment_intent_id)
 
     def send(self, movement: MoneyMovement) -> ProviderResult:
         deal = self.deal(movement)
-        result = self.call(deal, movement.key)
-        if isinstance(result, Declined) and not result.retryable:
-            found = self.state(deal)
-            if isinstance(found, Succeeded | Declined):
-                return found
-        if isinstance(result, Succeeded | Pending):
-            return _intent_state(result, done=self.done, absent="", failed=self.failed)  # type: ignore[return-value]
-        return result
+        return step_answer(self.call(deal, movement.key), self.step, lambda: self.read(deal))
 
     def look_up(self, movement: MoneyMovement) -> LookupResult:
-        return self.state(self.deal(movement))
+        return step_state(self.read(self.deal(movement)), self.step)
 
 
 class DealCapture(_IntentOperation):
     name = method = CAPTURE
-    done = "succeeded"
-    failed = "canceled"  # the authorization is gone: nothing can be captured
+    step = CAPTURE_STEP  # canceled: the authorization is gone, nothing can be captured
 
     def call(self, deal: EscrowDeal, key: str) -> ProviderResult:
         return stripe_client().capture(payment_intent_id=deal.payment_intent_id, idempotency_key=key)
@@ -190,8 +149,7 @@ class DealCapture(_IntentOperation):
 
 class DealVoid(_IntentOperation):
     name = method = VOID
-    done = "canceled"
-    failed = "succeeded"  # the money was captured: nothing can be voided
+    step = VOID_STEP  # succeeded: the money was captured, nothing can be voided
 
     def call(self, deal: EscrowDeal, key: str) -> ProviderResult:
         return stripe_client().cancel(payment_intent_id=deal.payment_intent_id, idempotency_key=key,

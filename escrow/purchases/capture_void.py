@@ -41,15 +41,10 @@ from providers.base import Declined, Succeeded
 from providers.fees import processing_fee
 from providers.models import MoneyMovement
 from providers.protocol import FollowUps, movement_key, movement_record
+from providers.stripe.intents import intent_status
 
 CAPTURING_STATES = (S.CAPTURING, S.CAPTURE_UNKNOWN)
 VOIDING_STATES = (S.VOIDING, S.VOID_UNKNOWN)
-
-
-def intent_status(result: Declined) -> str:
-    """The PaymentIntent's status when a decline carries the PaymentIntent itself (a look-up's found_failed)."""
-    raw = result.raw
-    return str(raw.get("status", "")) if raw.get("object") == "payment_intent" else ""
 
 
 def _next_attempt(operation: str, purchase: Purchase, base_key: str) -> MoneyMovement:

@@ -31,6 +31,7 @@ from escrow.purchases.refunds import refund_rest_record
 from providers.base import Declined, Pending, Succeeded
 from providers.models import MoneyMovement
 from providers.protocol import FollowUps, movement_record
+from providers.stripe.intents import intent_status
 
 AUTHORIZING_STATES = (S.AUTHORIZING, S.AUTHORIZE_UNKNOWN)
 
@@ -169,10 +170,6 @@ def authorization_succeeded(movement: MoneyMovement, result: Succeeded) -> Follo
     if purchase.status not in AUTHORIZING_STATES:
         return None
     intent = {"payment_intent_id": result.reference, "failure_reason": ""}
-    if result.status == "canceled":  # released at Stripe before we heard of it: no money moved
-        if Purchase.status_move(purchase.pk, S.VOIDED, sources=[purchase.status], **intent):
-            spend_release(reference=purchase.spend_reference)
-        return None
     if result.status == "succeeded":  # captured already: the row follows Stripe, and the money is posted
         received = int(result.raw.get("amount_received") or purchase.amount_minor)
         capture_recorded(purchase, result.reference, received, sources=[purchase.status])
@@ -201,11 +198,15 @@ def authorization_waiting(movement: MoneyMovement, result: Pending) -> FollowUps
 
 
 def authorization_declined(movement: MoneyMovement, result: Declined) -> FollowUps:
-    """Known not authorized: no money moved; the spend is released."""
+    """Known not authorized (or the hold already released at Stripe): no money moved; the spend is released."""
     purchase = purchase_locked(movement.subject_id)
-    if purchase.status in AUTHORIZING_STATES and Purchase.status_move(
-        purchase.pk, S.DECLINED, sources=[purchase.status], failure_reason=result.reason[:500]
-    ):
+    if purchase.status not in AUTHORIZING_STATES:
+        return None
+    fields = {"failure_reason": result.reason[:500]}
+    target = S.DECLINED
+    if intent_status(result) == "canceled":  # released at Stripe before we heard of it
+        target, fields["payment_intent_id"] = S.VOIDED, str(result.raw.get("id", ""))
+    if Purchase.status_move(purchase.pk, target, sources=[purchase.status], **fields):
         spend_release(reference=purchase.spend_reference)
     return None
 

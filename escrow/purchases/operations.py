@@ -8,92 +8,40 @@ up without moving money, and which hooks record each outcome. Registered by escr
 | purchase.void      | Purchase       | purchase:{id}:void[:n]              | retrieve the PaymentIntent            |
 | purchase.refund    | PurchaseRefund | purchase:{purchase id}:refund:{id}  | find_refund (the intent's refunds)    |
 
-A PaymentIntent read for a capture: `succeeded` is done, `requires_capture` is Absent (not done: the
-protocol may send it again under the same key), `canceled` is `found_failed` (never possible: the hook voids
-the purchase). For a void: `canceled` is done, `requires_capture` is Absent, `succeeded` is `found_failed`
-(captured: the void hook posts the capture and refunds it). A refund found failed or canceled is
-`found_failed`; a refund found pending is Pending (`waiting`, never success). A call refused with
-`idempotency_error` is Unknown: an earlier request under the key may have moved money.
+A PaymentIntent is read for a hold, a capture or a void by providers.stripe.intents (the rule escrow deals
+share): for a capture `succeeded` is done, `requires_capture` Absent (the protocol may send it again under
+the same key), `canceled` found failed (the hook voids the purchase); for a void `canceled` is done,
+`succeeded` found failed (the void hook posts the capture and refunds it). A refund found failed or canceled
+is found failed; a refund found pending is `waiting`, never success.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from functools import partial
 
 from escrow.models import Purchase, PurchaseRefund
 from escrow.purchases import capture_void, create, refunds
 from escrow.purchases.common import AUTHORIZE, CAPTURE, REFUND, VOID, O
 from providers.base import (
-    Absent,
     Declined,
     LookupResult,
     Pending,
     ProviderResult,
     Succeeded,
-    Unknown,
-    found_failed,
 )
 from providers.models import MoneyMovement
 from providers.protocol import FollowUps, Operation, operation_register
 from providers.stripe.client import CancellationReason, stripe_client
+from providers.stripe.intents import CAPTURE as CAPTURE_STEP
+from providers.stripe.intents import VOID as VOID_STEP
+from providers.stripe.intents import as_hold, step_answer, step_state
 
 _CANCELLATION_REASON: dict[str, CancellationReason] = {
     O.CANCELLED: "requested_by_customer",
     O.FAILED: "abandoned",
     O.TIMED_OUT: "abandoned",
 }
-_NOT_VOIDED_YET = ("requires_capture", "requires_payment_method", "requires_confirmation", "requires_action")
-
-
-def _keyed(result: ProviderResult) -> ProviderResult:
-    """Stripe's `idempotency_error` proves nothing about an earlier request under the same key."""
-    if isinstance(result, Declined) and result.code == "idempotency_error":
-        return Unknown(reason=f"Stripe refused the key: {result.reason}", raw=result.raw)
-    return result
-
-
-def authorize_outcome(found: LookupResult) -> LookupResult:
-    """A PaymentIntent of ours whose card was refused is a decline of the authorization, not a wait."""
-    if isinstance(found, Pending) and found.status == "requires_payment_method":
-        error: dict[str, Any] = found.raw.get("last_payment_error") or {}
-        return found_failed(error.get("message") or f"the card was declined on {found.reference}", found.raw)
-    return found
-
-
-def capture_outcome(found: LookupResult) -> LookupResult:
-    """What a PaymentIntent says about our capture."""
-    if isinstance(found, Succeeded | Pending):
-        if found.status == "succeeded":
-            return Succeeded(reference=found.reference, status="succeeded", raw=found.raw)
-        if found.status == "requires_capture":
-            return Absent(reason=f"PaymentIntent {found.reference} is not captured")
-        if found.status == "canceled":
-            return found_failed(f"PaymentIntent {found.reference} is canceled: it can never be captured", found.raw)
-        return Unknown(reason=f"PaymentIntent {found.reference} is {found.status}")
-    if isinstance(found, Declined):  # the read was refused: that says nothing about the capture
-        return Unknown(reason=f"reading the PaymentIntent failed: {found.reason}")
-    return found
-
-
-def void_outcome(found: LookupResult) -> LookupResult:
-    """What a PaymentIntent says about our void."""
-    if isinstance(found, Succeeded | Pending):
-        if found.status == "canceled":
-            return Succeeded(reference=found.reference, status="canceled", raw=found.raw)
-        if found.status in _NOT_VOIDED_YET:
-            return Absent(reason=f"PaymentIntent {found.reference} is {found.status}, not canceled")
-        if found.status == "succeeded":
-            return found_failed(f"PaymentIntent {found.reference} is captured: it can never be voided", found.raw)
-        return Unknown(reason=f"PaymentIntent {found.reference} is {found.status}")
-    if isinstance(found, Declined):
-        return Unknown(reason=f"reading the PaymentIntent failed: {found.reason}")
-    return found
-
-
-def _refused(refusal: Declined, found: LookupResult) -> ProviderResult:
-    """A capture or void refused outright: the PaymentIntent says whether it is done or can never be;
-    otherwise the refusal stands (known not done)."""
-    return found if isinstance(found, Succeeded | Declined) else refusal
 
 
 def _intent_id(movement: MoneyMovement) -> str:
@@ -123,13 +71,13 @@ class AuthorizePurchase(_PurchaseOperation):
             capture="manual",
             metadata={"purchase": str(purchase.pk), "service": purchase.service.code},
         )
-        return authorize_outcome(_keyed(result))  # type: ignore[return-value]
+        return as_hold(result)  # type: ignore[return-value]
 
     def look_up(self, movement: MoneyMovement) -> LookupResult:
         found = stripe_client().find_payment_intent(
             idempotency_key=movement.key, first_attempt_at=movement.first_sent_at
         )
-        return authorize_outcome(found)
+        return as_hold(found)
 
     def on_succeeded(self, movement: MoneyMovement, result: Succeeded) -> FollowUps:
         return create.authorization_succeeded(movement, result)
@@ -149,15 +97,11 @@ class CapturePurchase(_PurchaseOperation):
 
     def send(self, movement: MoneyMovement) -> ProviderResult:
         client, intent_id = stripe_client(), _intent_id(movement)
-        result = _keyed(client.capture(payment_intent_id=intent_id, idempotency_key=movement.key))
-        if isinstance(result, Declined) and not result.retryable:
-            return _refused(result, capture_outcome(client.retrieve_payment_intent(payment_intent_id=intent_id)))
-        if isinstance(result, Succeeded) and result.status != "succeeded":
-            return Unknown(reason=f"the capture answered a PaymentIntent that is {result.status}", raw=result.raw)
-        return result
+        answer = client.capture(payment_intent_id=intent_id, idempotency_key=movement.key)
+        return step_answer(answer, CAPTURE_STEP, lambda: client.retrieve_payment_intent(payment_intent_id=intent_id))
 
     def look_up(self, movement: MoneyMovement) -> LookupResult:
-        return capture_outcome(stripe_client().retrieve_payment_intent(payment_intent_id=_intent_id(movement)))
+        return step_state(stripe_client().retrieve_payment_intent(payment_intent_id=_intent_id(movement)), CAPTURE_STEP)
 
     def on_succeeded(self, movement: MoneyMovement, result: Succeeded) -> FollowUps:
         return capture_void.capture_succeeded(movement, result)
@@ -176,15 +120,11 @@ class VoidPurchase(_PurchaseOperation):
         purchase = Purchase.objects.get(pk=movement.subject_id)
         client, intent_id = stripe_client(), purchase.payment_intent_id
         reason = _CANCELLATION_REASON.get(purchase.outcome, "abandoned")
-        result = _keyed(client.cancel(payment_intent_id=intent_id, idempotency_key=movement.key, reason=reason))
-        if isinstance(result, Declined) and not result.retryable:
-            return _refused(result, void_outcome(client.retrieve_payment_intent(payment_intent_id=intent_id)))
-        if isinstance(result, Succeeded) and result.status != "canceled":
-            return Unknown(reason=f"the void answered a PaymentIntent that is {result.status}", raw=result.raw)
-        return result
+        answer = client.cancel(payment_intent_id=intent_id, idempotency_key=movement.key, reason=reason)
+        return step_answer(answer, VOID_STEP, lambda: client.retrieve_payment_intent(payment_intent_id=intent_id))
 
     def look_up(self, movement: MoneyMovement) -> LookupResult:
-        return void_outcome(stripe_client().retrieve_payment_intent(payment_intent_id=_intent_id(movement)))
+        return step_state(stripe_client().retrieve_payment_intent(payment_intent_id=_intent_id(movement)), VOID_STEP)
 
     def on_succeeded(self, movement: MoneyMovement, result: Succeeded) -> FollowUps:
         return capture_void.void_succeeded(movement, result)
@@ -207,7 +147,7 @@ class RefundPurchase(_PurchaseOperation):
             amount_minor=refund.amount_minor,
             metadata={"purchase": str(refund.purchase_id), "purchase_refund": str(refund.pk)},
         )
-        return _keyed(result)
+        return result
 
     def look_up(self, movement: MoneyMovement) -> LookupResult:
         refund = PurchaseRefund.objects.select_related("purchase").get(pk=movement.subject_id)
@@ -230,7 +170,11 @@ class RefundPurchase(_PurchaseOperation):
 
 
 # What a PaymentIntent (read, or carried by a webhook) says about each movement made on it.
-INTENT_OUTCOMES = {AUTHORIZE: authorize_outcome, CAPTURE: capture_outcome, VOID: void_outcome}
+INTENT_OUTCOMES: dict[str, Callable[[LookupResult], LookupResult]] = {
+    AUTHORIZE: as_hold,
+    CAPTURE: partial(step_state, step=CAPTURE_STEP),
+    VOID: partial(step_state, step=VOID_STEP),
+}
 
 
 def register_purchase_operations() -> None:

@@ -18,10 +18,10 @@ from django.db import transaction
 from escrow.models import Purchase
 from escrow.purchases.common import REFUND, purchase_movements
 from escrow.purchases.operations import INTENT_OUTCOMES
-from providers.base import Absent, Declined, LookupResult, Pending, Succeeded, Unknown, found_failed
+from providers.base import Absent, Declined, LookupResult, Pending, Succeeded, Unknown
 from providers.models import MoneyMovement
 from providers.protocol import movement_resolve
-from providers.stripe.client import PENDING_INTENT_STATUSES
+from providers.stripe.client import intent_result, refund_result
 
 EVENT_TYPES = (
     "payment_intent.amount_capturable_updated",
@@ -52,10 +52,7 @@ def _payment_intent_event(purchase: Purchase, intent: dict[str, Any]) -> None:
     key = (intent.get("metadata") or {}).get("idempotency_key", purchase.authorize_key)
     if key != purchase.authorize_key:  # not the PaymentIntent our authorization made
         return
-    status = str(intent.get("status", ""))
-    read = (Pending if status in PENDING_INTENT_STATUSES else Succeeded)(
-        reference=intent["id"], status=status, raw=intent
-    )
+    read = intent_result(intent)
     for movement in purchase_movements(purchase.pk).filter(
         operation__in=INTENT_OUTCOMES, status__in=MoneyMovement.OPEN
     ):
@@ -67,16 +64,10 @@ def _refund_event(purchase: Purchase, refund: dict[str, Any]) -> None:
     movement = purchase_movements(purchase.pk).filter(operation=REFUND, key=key, status__in=MoneyMovement.OPEN).first()
     if movement is None:
         return
-    status = str(refund.get("status", ""))
-    if status == "succeeded":
-        _settle_or_nudge(movement, Succeeded(reference=refund["id"], status=status, raw=refund))
-    elif status in ("failed", "canceled"):
-        reason = f"refund {refund['id']} {status}: {refund.get('failure_reason') or 'no reason given'}"
-        _settle_or_nudge(movement, found_failed(reason, refund))
-    elif movement.status == MoneyMovement.Status.PENDING:  # accepted: waiting, never success
-        _settle_or_nudge(movement, Pending(reference=refund["id"], status=status, raw=refund))
-    else:
-        _settle_or_nudge(movement, Unknown(reason=f"refund {refund['id']} is {status}"))
+    read = refund_result(refund)  # as the API's answer would be: succeeded, found failed, or pending
+    if isinstance(read, Pending) and movement.status != MoneyMovement.Status.PENDING:
+        read = Unknown(reason=f"refund {refund['id']} is {read.status}")  # a look-up may know more: ask it
+    _settle_or_nudge(movement, read)
 
 
 def _settle_or_nudge(movement: MoneyMovement, result: LookupResult) -> None:

@@ -71,7 +71,9 @@ MIN_PAYMENT_AMOUNT = 2_000  # centavos: PHP 20.00
 MIN_REFUND_AMOUNT = 100
 SOURCE_TYPES = frozenset({"gcash", "grab_pay"})
 REFUND_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer", "others"})
-FEE_BASIS_POINTS = 250  # PayMongo's e-wallet rate, shown on payments as `fee`
+# The GCash rate the platform is charged (our seeded fee rule: 3.5% + PHP 10), shown on payments as `fee`
+FEE_BASIS_POINTS = 350
+FEE_FIXED_MINOR = 1_000
 _ID_ALPHABET = string.ascii_letters + string.digits
 
 Resource = dict[str, Any]
@@ -241,7 +243,7 @@ class PayMongoSandbox:
 
     def _new_payment(self, source: Resource, attributes: dict[str, Any], failure: dict[str, str] | None) -> Resource:
         amount, now = source["attributes"]["amount"], int(time.time())
-        fee = 0 if failure else (amount * FEE_BASIS_POINTS + 5_000) // 10_000
+        fee = 0 if failure else (amount * FEE_BASIS_POINTS + 5_000) // 10_000 + FEE_FIXED_MINOR
         fields: dict[str, Any] = {
             "access_url": None,
             "amount": amount,

@@ -6,8 +6,8 @@ the sync that resolves an Unknown, gets Stripe's stored first answer instead of 
 
 How the SDK's errors map (max_network_retries=0: retries are the caller's decision, with the same key):
 - 402 card errors, 400/404 invalid requests, 401/403 -> Declined;
-- 400 idempotency_error (the key was used with other parameters) -> Declined(code="idempotency_error"): this
-  call did nothing, but an earlier one with the key may have moved money, so never fall back on it;
+- 400 idempotency_error (the key was used with other parameters) -> Unknown: this call did nothing, but an
+  earlier one under the key may have moved money, so it proves nothing either way;
 - 429 -> Declined(retryable=True): refused before it ran, safe to send again with the same key;
 - 409 (the same key still in flight), 5xx, unreadable answers -> Unknown;
 - a connection that never opened -> Declined(code="not_sent", retryable=True); a timeout or a reset after
@@ -160,7 +160,7 @@ class StripeProviderClient:
         if transfer_group:
             params["transfer_group"] = transfer_group
         options: stripe.RequestOptions = {"idempotency_key": idempotency_key}
-        return self._call(lambda: self._stripe.v1.payment_intents.create(params, options), _intent_result)
+        return self._call(lambda: self._stripe.v1.payment_intents.create(params, options), intent_result)
 
     def sync_payment_intent(
         self,
@@ -200,7 +200,7 @@ class StripeProviderClient:
             params["amount_to_capture"] = amount_minor
         options: stripe.RequestOptions = {"idempotency_key": idempotency_key}
         return self._call(
-            lambda: self._stripe.v1.payment_intents.capture(payment_intent_id, params, options), _intent_result
+            lambda: self._stripe.v1.payment_intents.capture(payment_intent_id, params, options), intent_result
         )
 
     def cancel(
@@ -212,11 +212,11 @@ class StripeProviderClient:
             params["cancellation_reason"] = reason
         options: stripe.RequestOptions = {"idempotency_key": idempotency_key}
         return self._call(
-            lambda: self._stripe.v1.payment_intents.cancel(payment_intent_id, params, options), _intent_result
+            lambda: self._stripe.v1.payment_intents.cancel(payment_intent_id, params, options), intent_result
         )
 
     def retrieve_payment_intent(self, *, payment_intent_id: str) -> ProviderResult:
-        return self._call(lambda: self._stripe.v1.payment_intents.retrieve(payment_intent_id), _intent_result)
+        return self._call(lambda: self._stripe.v1.payment_intents.retrieve(payment_intent_id), intent_result)
 
     def find_payment_intent(self, *, idempotency_key: str, first_attempt_at: datetime | None = None) -> LookupResult:
         """The PaymentIntent created with our key (the oldest, should there be several), found by Search on
@@ -247,7 +247,7 @@ class StripeProviderClient:
             if first_attempt_at is not None and timezone.now() - first_attempt_at < SEARCH_FRESHNESS:
                 return Unknown(reason=f"no PaymentIntent for key {idempotency_key} yet; Stripe Search may lag")
             return Absent(reason=f"no PaymentIntent carries idempotency key {idempotency_key}")
-        return _intent_result(_oldest(matches, "PaymentIntent", idempotency_key))
+        return intent_result(_oldest(matches, "PaymentIntent", idempotency_key))
 
     # --- Refunds
     def refund(
@@ -266,10 +266,10 @@ class StripeProviderClient:
         if amount_minor is not None:
             params["amount"] = amount_minor
         options: stripe.RequestOptions = {"idempotency_key": idempotency_key}
-        return self._call(lambda: self._stripe.v1.refunds.create(params, options), _refund_result)
+        return self._call(lambda: self._stripe.v1.refunds.create(params, options), refund_result)
 
     def retrieve_refund(self, *, refund_id: str) -> ProviderResult:
-        return self._call(lambda: self._stripe.v1.refunds.retrieve(refund_id), _refund_result)
+        return self._call(lambda: self._stripe.v1.refunds.retrieve(refund_id), refund_result)
 
     def find_refund(self, *, payment_intent_id: str, idempotency_key: str) -> LookupResult:
         """The refund of this PaymentIntent created with our key, from the refunds list (immediate, unlike
@@ -281,7 +281,7 @@ class StripeProviderClient:
         matches = [refund for refund in refunds if _carries_key(refund, idempotency_key)]
         if not matches:
             return Absent(reason=f"no refund of {payment_intent_id} carries idempotency key {idempotency_key}")
-        return _refund_result(_oldest(matches, "refund", idempotency_key))
+        return refund_result(_oldest(matches, "refund", idempotency_key))
 
     # --- Connect transfers
     def create_transfer(
@@ -439,7 +439,7 @@ def outcome_of_stripe_error(error: stripe.StripeError) -> Declined | Unknown:
     if isinstance(error, stripe.CardError):
         return Declined(reason=message, code=raw.get("decline_code") or error.code or "card_error", raw=raw)
     if isinstance(error, stripe.IdempotencyError):
-        return Declined(reason=message, code="idempotency_error", raw=raw)
+        return Unknown(reason=f"Stripe refused the idempotency key (an earlier request used it): {message}", raw=raw)
     if isinstance(error, stripe.RateLimitError):
         return Declined(reason=message, code="rate_limit", retryable=True, raw=raw)
     if isinstance(error, stripe.InvalidRequestError):
@@ -519,13 +519,13 @@ def _why(error: stripe.StripeError) -> str:
     return f"{type(error).__name__} ({error.http_status}): {error.user_message or error}"
 
 
-def _intent_result(intent: dict[str, Any]) -> ProviderResult:
+def intent_result(intent: dict[str, Any]) -> ProviderResult:
     if intent["status"] in PENDING_INTENT_STATUSES:
         return Pending(reference=intent["id"], status=intent["status"], raw=intent)
     return Succeeded(reference=intent["id"], status=intent["status"], raw=intent)
 
 
-def _refund_result(refund: dict[str, Any]) -> ProviderResult:
+def refund_result(refund: dict[str, Any]) -> ProviderResult:
     status = refund["status"]
     if status == "succeeded":
         return Succeeded(reference=refund["id"], status=status, raw=refund)

@@ -118,8 +118,8 @@ def test_a_gcash_payment_goes_source_chargeable_paid_through_signed_webhooks(box
     )
     assert isinstance(payment, Succeeded) and payment.status == "paid"
     assert payment.reference.startswith("pay_")
-    assert (payment.raw["attributes"]["amount"], payment.raw["attributes"]["fee"]) == (10_000, 250)
-    assert payment.raw["attributes"]["net_amount"] == 9_750
+    assert (payment.raw["attributes"]["amount"], payment.raw["attributes"]["fee"]) == (10_000, 350 + 1_000)
+    assert payment.raw["attributes"]["net_amount"] == 10_000 - 1_350
     paid = events(box)[1]
     assert paid["attributes"]["type"] == "payment.paid"
     assert paid["attributes"]["data"]["id"] == payment.reference
