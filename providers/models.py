@@ -228,14 +228,23 @@ class PaymentAttempt(TimestampedModel):
         return f"{self.payment_id} via {self.provider}: {self.status}"
 
 
-class Refund(TimestampedModel):
+class Refund(StatusMachine, TimestampedModel):
     """A (partial) refund of a payment, recorded before the provider call, with its key."""
 
     class Status(models.TextChoices):
-        PENDING = "pending"
+        PENDING = "pending"  # committed; the refund call is being made
+        WAITING = "waiting", "Accepted, waiting for the provider"  # pending at the provider: never success
         SUCCEEDED = "succeeded"
-        FAILED = "failed"
-        UNKNOWN = "unknown"
+        FAILED = "failed"  # known not refunded; its reservation was released
+        UNKNOWN = "unknown"  # sticky: only the provider's refund (found by our key) resolves it
+
+    TRANSITIONS = {
+        Status.PENDING: {Status.WAITING, Status.SUCCEEDED, Status.FAILED, Status.UNKNOWN},
+        Status.UNKNOWN: {Status.WAITING, Status.SUCCEEDED, Status.FAILED},
+        Status.WAITING: {Status.SUCCEEDED, Status.FAILED},
+        Status.SUCCEEDED: set(),
+        Status.FAILED: set(),
+    }
 
     payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="refunds")
     client_key = models.CharField(max_length=255)

@@ -18,7 +18,12 @@ from providers.payments import (
     refund_post,
 )
 from providers.protocol import FollowUps, Operation, movement_record, operation_register
-from providers.protocol.refunds import refund_mark_declined, refund_mark_succeeded, refund_mark_unknown
+from providers.protocol.refunds import (
+    refund_mark_declined,
+    refund_mark_succeeded,
+    refund_mark_unknown,
+    refund_mark_waiting,
+)
 
 
 def _attempt(movement: MoneyMovement) -> PaymentAttempt:
@@ -137,7 +142,7 @@ class PaymentRefund(Operation):
         return None
 
     def on_waiting(self, movement: MoneyMovement, result: Pending) -> FollowUps:
-        Refund.objects.filter(pk=movement.subject_id).update(provider_reference=result.reference)
+        refund_mark_waiting(REFUNDS, refund_pk=movement.subject_id, provider_reference=result.reference)
         return None
 
     def on_declined(self, movement: MoneyMovement, result: Declined) -> FollowUps:

@@ -179,7 +179,7 @@ class Purchase(StatusMachine, TimestampedModel):
         return f"purchase:{self.pk}"
 
 
-class PurchaseRefund(TimestampedModel):
+class PurchaseRefund(StatusMachine, TimestampedModel):
     """A (partial) refund of a captured purchase, recorded with its reserved amount before the provider call."""
 
     class Status(models.TextChoices):
@@ -188,6 +188,14 @@ class PurchaseRefund(TimestampedModel):
         SUCCEEDED = "succeeded"
         FAILED = "failed"  # known not refunded; its reservation was released
         UNKNOWN = "unknown"  # sticky: only Stripe's refund (found by our key) resolves it
+
+    TRANSITIONS = {
+        Status.PENDING: {Status.WAITING, Status.SUCCEEDED, Status.FAILED, Status.UNKNOWN},
+        Status.UNKNOWN: {Status.WAITING, Status.SUCCEEDED, Status.FAILED},
+        Status.WAITING: {Status.SUCCEEDED, Status.FAILED},
+        Status.SUCCEEDED: set(),
+        Status.FAILED: set(),
+    }
 
     purchase = models.ForeignKey(Purchase, on_delete=models.PROTECT, related_name="refunds")
     client_key = models.CharField(max_length=255, help_text="Once-only key of the request (API or system).")

@@ -6,7 +6,7 @@ refund row and records its money movement, so concurrent refunds can never excee
 outcome is recorded once, from the movement's hooks: a known decline gives the reservation back; a
 success adds to the parent's succeeded total (where the parent keeps one). Unknown outcomes keep the
 reservation: the money may have left; so does a refund the provider accepted and will settle later
-(`waiting`, where the refund model has that status: never success).
+(`waiting`: never success).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class RefundBook:
     """How one kind of parent keeps its refunds (field names on the parent and refund models)."""
 
     parent_model: type[models.Model]
-    refund_model: type[models.Model]
+    refund_model: Any  # a model with StatusMachine: pending, waiting, unknown, succeeded, failed
     parent_field: str  # the refund's foreign key to its parent: "payment", "purchase"
     refundable_field: str  # what was taken: "amount_minor", "captured_minor"
     reserved_field: str  # succeeded plus in-flight refunds
@@ -100,39 +100,33 @@ def _refundable(book: RefundBook, parent: Any, amount: Money | None) -> int:
 
 def refund_mark_unknown(book: RefundBook, *, refund_pk: int, reason: str) -> bool:
     """The outcome is not known: the reservation stays (the money may have left)."""
-    refunds = book.refund_model._default_manager.filter(pk=refund_pk, status="pending")
-    return bool(refunds.update(status="unknown", failure_reason=reason[:255], updated_at=timezone.now()))
+    return book.refund_model.status_move(refund_pk, "unknown", sources=["pending"], failure_reason=reason[:255])
 
 
 def refund_mark_waiting(book: RefundBook, *, refund_pk: int, provider_reference: str) -> bool:
-    """The provider accepted the refund and will answer later (where the refund model has a `waiting` status):
-    never success; the reservation stays."""
-    refunds = book.refund_model._default_manager.filter(pk=refund_pk, status__in=("pending", "unknown"))
-    fields = {"status": "waiting", "provider_reference": provider_reference, "updated_at": timezone.now()}
-    return bool(refunds.update(**fields))
+    """The provider accepted the refund and will answer later: never success; the reservation stays."""
+    return book.refund_model.status_move(refund_pk, "waiting", provider_reference=provider_reference)
 
 
 def refund_mark_declined(book: RefundBook, *, refund_pk: int, reason: str) -> bool:
     """Known not refunded: the row fails and its reservation goes back to the parent, once."""
     refund = book.refund_model._default_manager.get(pk=refund_pk)
-    moved = book.refund_model._default_manager.filter(pk=refund_pk, status__in=RefundBook.OPEN).update(
-        status="failed", failure_reason=reason[:255], updated_at=timezone.now()
-    )
+    moved = book.refund_model.status_move(refund_pk, "failed", failure_reason=reason[:255])
     if moved:
         book.parent_model._default_manager.filter(pk=getattr(refund, f"{book.parent_field}_id")).update(
             **{book.reserved_field: F(book.reserved_field) - refund.amount_minor, "updated_at": timezone.now()}
         )
-    return bool(moved)
+    return moved
 
 
 def refund_mark_succeeded(book: RefundBook, *, refund_pk: int, provider_reference: str) -> bool:
     """The provider refunded it: the row succeeds, and the parent's succeeded total grows, once."""
     refund = book.refund_model._default_manager.get(pk=refund_pk)
-    moved = book.refund_model._default_manager.filter(pk=refund_pk, status__in=RefundBook.OPEN).update(
-        status="succeeded", provider_reference=provider_reference, failure_reason="", updated_at=timezone.now()
+    moved = book.refund_model.status_move(
+        refund_pk, "succeeded", provider_reference=provider_reference, failure_reason=""
     )
     if moved and book.refunded_field:
         book.parent_model._default_manager.filter(pk=getattr(refund, f"{book.parent_field}_id")).update(
             **{book.refunded_field: F(book.refunded_field) + refund.amount_minor, "updated_at": timezone.now()}
         )
-    return bool(moved)
+    return moved

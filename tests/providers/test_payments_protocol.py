@@ -151,7 +151,7 @@ def test_gcash_with_webhooks_dropped_completes_by_the_sweeper_and_a_pending_refu
     assert payment.status == Payment.Status.SUCCEEDED
     assert len(paymongo_sandbox.state_of(sandbox).payments) == 1
     refund = refund_request(reference=payment.reference, amount=Money(10_000, "PHP"), client_key="x", actor=finance)
-    assert refund.status == Refund.Status.PENDING  # PayMongo answers pending: not success
+    assert refund.status == Refund.Status.WAITING  # PayMongo answers pending: accepted, not success
     movement = MoneyMovement.objects.get(operation="payment.refund")
     assert movement.status == MoneyMovement.Status.WAITING
     assert balance("platform:customer-payments:PHP") == 50_000  # nothing posted yet
