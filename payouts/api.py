@@ -23,6 +23,7 @@ from rest_framework.views import APIView
 
 from core.api import IDEMPOTENCY_KEY_HEADER, IdempotentMixin, error_responses
 from core.errors import NotFound, RateLimited
+from core.permissions import require_permission
 from payouts.models import PayoutBatch, PayoutItem
 from payouts.selectors import StatusProgress, movement_status_by_batch, progress_by_batch
 from payouts.services import batch_approve, batch_execute, batch_retry_failed, cycle_disburse, cycle_prepare
@@ -185,6 +186,7 @@ class BatchDetailView(_StaffView):
         responses={200: PayoutBatchSerializer, **_errors(401, 403, 404)},
     )
     def get(self, request: Request, batch_id: int) -> Response:
+        require_permission(request.user, "payouts.view_payoutbatch")
         return Response(PayoutBatchSerializer(_batch(batch_id)).data)
 
 

@@ -85,8 +85,11 @@ class DefaultMethodSerializer(serializers.Serializer):
         return attrs
 
 
-def _own_payment(request: Request, reference: str) -> PaymentRow:
-    payments = PaymentRow.objects.all() if request.user.is_staff else PaymentRow.objects.filter(user=request.user)
+def _own_payment(request: Request, reference: str, staff_permission: str = "providers.view_payment") -> PaymentRow:
+    """The caller's own payment, or any one for staff holding `staff_permission`; else 404 (never 403)."""
+    user = request.user
+    may_view_all = user.is_staff and user.has_perm(staff_permission)
+    payments = PaymentRow.objects.all() if may_view_all else PaymentRow.objects.filter(user=user)
     payment = payments.filter(reference=reference).first()
     if payment is None:
         raise NotFound(f"payment {reference} does not exist", details={"payment": reference})
@@ -131,7 +134,7 @@ class RefundCreateView(IdempotentMixin, APIView):
         request=RefundCreateSerializer, responses={201: RefundSerializer}, parameters=[IDEMPOTENCY_KEY_HEADER]
     )
     def post(self, request: Request, reference: str) -> Response:
-        payment = _own_payment(request, reference)
+        payment = _own_payment(request, reference, staff_permission="providers.add_refund")
         body = RefundCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         minor = body.validated_data.get("amount_minor")

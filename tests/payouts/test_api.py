@@ -287,6 +287,17 @@ def test_unknown_batch_is_404(operator):
     assert error_of(approve)["details"] == {"batch_id": 999_999}
 
 
+def test_reading_a_batch_needs_the_view_permission(sandbox, operator, cycle):
+    batch = post(client_for(operator), "cycle-prepare", cycle.pk).json()["batches"][0]
+    bare_staff = User.objects.create_user("bare-staff", is_staff=True)
+
+    refused = client_for(bare_staff).get(reverse("payouts-api:batch-detail", args=[batch["id"]]))
+
+    assert refused.status_code == 403
+    assert error_of(refused)["details"] == {"permission": "payouts.view_payoutbatch"}
+    assert client_for(operator).get(reverse("payouts-api:batch-detail", args=[batch["id"]])).status_code == 200
+
+
 # --- my payouts ----------------------------------------------------------------------------------
 
 

@@ -108,3 +108,16 @@ def test_methods_with_fees_and_the_default_method(buyer):
         buyer.put("/api/v1/payments/default-method/", {"provider": "maya", "method": "nope"}, format="json").status_code
         == 400
     )
+
+
+def test_staff_without_the_view_permission_cannot_read_or_sync_another_customers_payment(buyer, django_user_model):
+    reference = buyer.post("/api/v1/payments/", CARD_PAYMENT, format="json", HTTP_IDEMPOTENCY_KEY="o-9").json()[
+        "reference"
+    ]
+    bare_staff = client_for(django_user_model.objects.create_user("bare-staff", is_staff=True))
+    for url in (f"/api/v1/payments/{reference}/", f"/api/v1/payments/{reference}/?sync=true"):
+        answer = bare_staff.get(url)
+        assert answer.status_code == 404 and answer.json()["error"]["code"] == "not_found"
+    viewer = django_user_model.objects.create_user("viewer", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_payment"))
+    assert client_for(viewer).get(f"/api/v1/payments/{reference}/").json()["reference"] == reference
