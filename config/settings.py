@@ -184,6 +184,9 @@ RECONCILIATION_PROVIDERS = env.list("RECONCILIATION_PROVIDERS", default=["stripe
 RECONCILIATION_RECORD_SLACK_HOURS = env.int("RECONCILIATION_RECORD_SLACK_HOURS", default=24)
 RECONCILIATION_STAGE_BATCH = env.int("RECONCILIATION_STAGE_BATCH", default=5_000)  # rows per staging insert
 
+# --- Money. The largest amount one movement may carry, in major units of its currency (core.money).
+MONEY_MAX_MAJOR_UNITS = env.int("MONEY_MAX_MAJOR_UNITS", default=99_999_999)
+
 # --- Payment providers. PROVIDER_MODE=sandbox points every client at SANDBOX_URL.
 PROVIDER_MODE = env.str("PROVIDER_MODE", default="sandbox")
 # Payouts: batches above this total (minor units) need a second staff user's approval.

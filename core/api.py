@@ -19,6 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.errors import AppError, InvalidRequest
+from core.money import amount_max_minor_any
 from core.services import (
     IdempotencyClaim,
     IdempotencyReplay,
@@ -39,7 +40,12 @@ IDEMPOTENCY_KEY_HEADER = OpenApiParameter(
 
 
 class MinorUnitsField(serializers.IntegerField):
-    """An amount in minor units: a JSON integer only; 12.0, "12" and true are refused (never floats)."""
+    """An amount in minor units: a JSON integer only; 12.0, "12" and true are refused (never floats). At most
+    the largest amount of any currency (core.money): the currency's own maximum is checked with the currency."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("max_value", amount_max_minor_any())
+        super().__init__(**kwargs)
 
     def to_internal_value(self, data: Any) -> int:
         if type(data) is not int:

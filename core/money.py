@@ -55,6 +55,39 @@ def validate_currency(currency: object) -> str:
     return currency
 
 
+# No provider takes more than 8 digits of major units, and no amount may come near a balance row's 64-bit limit.
+DEFAULT_MAX_MAJOR_UNITS = 99_999_999
+LARGEST_EXPONENT = max(CURRENCY_EXPONENTS.values())
+
+
+def max_major_units() -> int:
+    from django.conf import settings  # core.money is also used without Django configured (scripts, benches)
+
+    return int(getattr(settings, "MONEY_MAX_MAJOR_UNITS", DEFAULT_MAX_MAJOR_UNITS))
+
+
+def amount_max_minor(currency: str) -> int:
+    """The largest amount one movement may carry in `currency`, in minor units (configured in major units)."""
+    return max_major_units() * 10 ** currency_exponent(currency)
+
+
+def amount_max_minor_any() -> int:
+    """The largest amount in any currency: the outer bound an input field checks before it knows the currency."""
+    return max_major_units() * 10**LARGEST_EXPONENT
+
+
+def money_in_bounds(minor: object, currency: object) -> Money:
+    """An amount from outside (API, admin, CSV, webhook): integer minor units above zero and at most the
+    configured maximum of its currency, with an upper-case ISO 4217 currency; MoneyError says what is wrong."""
+    amount = Money(validate_minor(minor), validate_currency(currency))
+    if amount.minor <= 0:
+        raise MoneyError(f"the amount must be more than zero, got {amount.minor}")
+    top = amount_max_minor(amount.currency)
+    if amount.minor > top:
+        raise MoneyError(f"the amount is more than the maximum of {Money(top, amount.currency)}")
+    return amount
+
+
 def validate_minor(minor: object) -> int:
     # bool is an int subclass; True is not an amount.
     if type(minor) is not int:

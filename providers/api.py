@@ -18,7 +18,7 @@ from rest_framework.views import APIView
 
 from core.api import IDEMPOTENCY_KEY_HEADER, IdempotentMixin, MinorUnitsField
 from core.errors import NotFound
-from core.money import Money, MoneyError
+from core.money import Money, MoneyError, amount_max_minor_any, money_in_bounds
 from providers.models import CustomerDefaultMethod, PaymentMethod, Provider
 from providers.models import Payment as PaymentRow
 from providers.payments import payment_initiate, payment_sync, refund_request
@@ -26,14 +26,15 @@ from providers.routing import Choice, route_payment
 
 
 class MoneyField(serializers.Serializer):
-    amount_minor = serializers.IntegerField(min_value=1)  # also read from query strings (MethodQuerySerializer)
+    # also read from query strings (MethodQuerySerializer)
+    amount_minor = serializers.IntegerField(min_value=1, max_value=amount_max_minor_any())
     currency = serializers.CharField(min_length=3, max_length=3)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         try:
-            attrs["money"] = Money(attrs["amount_minor"], attrs["currency"])
+            attrs["money"] = money_in_bounds(attrs["amount_minor"], attrs["currency"])
         except MoneyError as error:
-            raise serializers.ValidationError({"currency": str(error)}) from error
+            raise serializers.ValidationError({"amount_minor": str(error)}) from error
         return attrs
 
 

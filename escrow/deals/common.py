@@ -23,7 +23,7 @@ from core.errors import (
     ProviderUnavailable,
 )
 from core.locks import processing_lock
-from core.money import Money, MoneyError, validate_currency
+from core.money import Money, MoneyError, money_in_bounds
 from escrow.models import EscrowDeal
 from providers.base import Declined
 from providers.models import MoneyMovement
@@ -135,7 +135,7 @@ def invalid(message: str, field_name: str, action: str) -> InvalidRequest:
 def money_of(*, amount_minor: object, currency: object) -> Money:
     """Money from API input, or InvalidRequest saying what is wrong."""
     try:
-        return Money(amount_minor, validate_currency(currency))  # type: ignore[arg-type]
+        return money_in_bounds(amount_minor, currency)
     except MoneyError as error:
         raise InvalidRequest(
             str(error),

@@ -95,3 +95,24 @@ def test_format_for_people():
 def test_decimal_string_round_trips(minor, currency):
     money = Money(minor, currency)
     assert Money.parse(money.decimal_string(), currency) == money
+
+
+@pytest.mark.parametrize(
+    ("currency", "largest"), [("USD", 9_999_999_900), ("JPY", 99_999_999), ("BHD", 99_999_999_000)]
+)
+def test_every_currency_has_a_largest_amount_in_its_own_minor_units(currency, largest):
+    from core.money import amount_max_minor, amount_max_minor_any, money_in_bounds
+
+    assert amount_max_minor(currency) == largest
+    assert money_in_bounds(largest, currency) == Money(largest, currency)
+    for outside in (largest + 1, 0, -1, 2**63):
+        with pytest.raises(MoneyError):
+            money_in_bounds(outside, currency)
+    assert amount_max_minor_any() < 2**63  # no accepted amount can approach a balance row's 64-bit limit
+
+
+def test_the_largest_amount_follows_the_setting(settings):
+    from core.money import amount_max_minor
+
+    settings.MONEY_MAX_MAJOR_UNITS = 1_000
+    assert amount_max_minor("USD") == 100_000
