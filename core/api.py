@@ -14,6 +14,7 @@ from django.views import defaults
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import serializers
+from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -51,6 +52,36 @@ class MinorUnitsField(serializers.IntegerField):
         if type(data) is not int:
             self.fail("invalid")
         return super().to_internal_value(data)
+
+
+class BoundedPagination(LimitOffsetPagination):
+    """limit/offset pages with bounds: each a plain whole number up to a billion when given (`offset=null`,
+    `limit=-1` or `limit=10**30` is a 400, never a 500); a page holds at most 500 rows."""
+
+    max_limit = 500
+    max_offset = 1_000_000_000
+
+    def get_limit(self, request: Any) -> int | None:
+        given = _page_number(request, self.limit_query_param, self.max_offset)  # a larger page is capped
+        return self.default_limit if given is None else min(max(given, 1), self.max_limit)
+
+    def get_offset(self, request: Any) -> int:
+        given = _page_number(request, self.offset_query_param, self.max_offset)
+        return given or 0
+
+
+def _page_number(request: Any, name: str, largest: int) -> int | None:
+    text = request.query_params.get(name)
+    if text is None:
+        return None
+    if not (text.isascii() and text.isdigit()) or int(text) > largest:
+        raise InvalidRequest(
+            f"{name}={text[:40]!r} is not a whole number from 0 to {largest}",
+            user_message=f"The page parameter {name!r} is not valid.",
+            action_required=f"Send {name} as a whole number from 0 to {largest}, or leave it out.",
+            details={name: text[:40]},
+        )
+    return int(text)
 
 
 def error_responses(texts: Mapping[int, str], *codes: int) -> dict[int, OpenApiResponse]:
