@@ -187,6 +187,9 @@ RECONCILIATION_STAGE_BATCH = env.int("RECONCILIATION_STAGE_BATCH", default=5_000
 # --- Money. The largest amount one movement may carry, in major units of its currency (core.money).
 MONEY_MAX_MAJOR_UNITS = env.int("MONEY_MAX_MAJOR_UNITS", default=99_999_999)
 
+# Webhook requests rejected (bad signature, malformed body) per source before it is refused for a while.
+WEBHOOK_REJECTED_RATE = env.str("WEBHOOK_REJECTED_RATE", default="60/m")
+
 # --- Payment providers. PROVIDER_MODE=sandbox points every client at SANDBOX_URL.
 PROVIDER_MODE = env.str("PROVIDER_MODE", default="sandbox")
 # Payouts: batches above this total (minor units) need a second staff user's approval.

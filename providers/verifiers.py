@@ -14,15 +14,22 @@ from providers.stripe.client import verify_webhook as verify_stripe_signature
 from providers.webhooks import VerifiedEvent, register_verifier
 
 
+def _text(value: object) -> str:
+    """An event's id or type as the provider sends it: text, never an object turned into text."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected text, got {type(value).__name__}")
+    return value
+
+
 def verify_gcash(body: bytes, headers: Mapping[str, str]) -> VerifiedEvent:
     event = PayMongoClient().verify_webhook(body, headers)
-    return VerifiedEvent(event_id=str(event["data"]["id"]), event_type=str(event["data"]["attributes"]["type"]))
+    return VerifiedEvent(event_id=_text(event["data"]["id"]), event_type=_text(event["data"]["attributes"]["type"]))
 
 
 def verify_maya(body: bytes, headers: Mapping[str, str]) -> VerifiedEvent:
     payment = MayaClient().verify_webhook(body, headers)
     # Maya's webhook is the payment itself: one event per payment and status.
-    return VerifiedEvent(event_id=f"{payment['id']}:{payment['status']}", event_type=str(payment["status"]))
+    return VerifiedEvent(event_id=f"{_text(payment['id'])}:{_text(payment['status'])}", event_type=payment["status"])
 
 
 def verify_paypal(body: bytes, headers: Mapping[str, str]) -> VerifiedEvent:
@@ -30,13 +37,13 @@ def verify_paypal(body: bytes, headers: Mapping[str, str]) -> VerifiedEvent:
         if not paypal.verify_webhook_signature(headers, body):
             raise InvalidSignature("PayPal did not confirm this event (or could not be asked; it will redeliver)")
     event = json.loads(body)
-    return VerifiedEvent(event_id=str(event["id"]), event_type=str(event["event_type"]))
+    return VerifiedEvent(event_id=_text(event["id"]), event_type=_text(event["event_type"]))
 
 
 def verify_stripe(body: bytes, headers: Mapping[str, str]) -> VerifiedEvent:
     signature = next((value for name, value in headers.items() if name.lower() == "stripe-signature"), "")
     event = verify_stripe_signature(body, signature)
-    return VerifiedEvent(event_id=str(event["id"]), event_type=str(event["type"]))
+    return VerifiedEvent(event_id=_text(event["id"]), event_type=_text(event["type"]))
 
 
 def register_verifiers() -> None:

@@ -41,6 +41,19 @@ class InvalidWebhookSignature(InvalidRequest):
     default_action_required = "Nothing was recorded. Check the webhook secret configured for this provider."
 
 
+class MalformedWebhook(InvalidRequest):
+    code = "malformed_webhook"
+    default_user_message = "The webhook body is not an event of the shape this provider sends."
+    default_action_required = "Nothing was recorded. Check what sent it; the provider's own events are unaffected."
+
+
+# What a rejected (unverified or malformed) request keeps for staff: never more than this of its body.
+REJECTED_BODY_CHARS = 4_096
+REJECTED_HEADER_CHARS = 512
+# A verifier reading a body of the wrong shape fails with one of these (or nests too deep to parse).
+MALFORMED = (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError)
+
+
 @dataclass(frozen=True)
 class VerifiedEvent:
     event_id: str
@@ -73,29 +86,44 @@ def webhook_receive(*, provider: str, body: bytes, headers: Mapping[str, str]) -
     stored_headers = {name.lower(): value for name, value in headers.items()}
     text = body.decode("utf-8", errors="replace")
     try:
-        verified = verifier(body, headers)
+        verified = _well_formed(verifier(body, headers))
     except InvalidSignature as error:
-        WebhookEvent.objects.create(
-            provider=provider,
-            event_id=_claimed_event_id(text),
-            signature_valid=False,
-            headers=stored_headers,
-            body=text,
-            status=WebhookEvent.Status.REJECTED,
-            error=str(error),
-        )
-        log.warning("webhook.rejected", provider=provider, reason=str(error))
+        _store_rejected(provider, stored_headers, text, f"signature: {error}")
         raise InvalidWebhookSignature(f"{provider} webhook signature rejected: {error}") from error
+    except MALFORMED as error:  # signed, but not an event of this provider's shape: 400, never a 500 redelivered
+        _store_rejected(provider, stored_headers, text, f"malformed: {type(error).__name__}: {error}")
+        raise MalformedWebhook(f"{provider} webhook body is malformed: {type(error).__name__}") from error
     return _store_verified(provider, verified, stored_headers, text)
+
+
+def _well_formed(verified: VerifiedEvent) -> VerifiedEvent:
+    if not 0 < len(verified.event_id) <= 255 or len(verified.event_type) > 100 or "\x00" in verified.event_id:
+        raise ValueError("the event id or type is missing or too long")
+    return verified
+
+
+def _store_rejected(provider: str, headers: dict[str, str], text: str, reason: str) -> None:
+    """Keep a capped copy of a rejected request for staff; it is never processed."""
+    kept = text if len(text) <= REJECTED_BODY_CHARS else f"{text[:REJECTED_BODY_CHARS]}... [{len(text)} characters]"
+    WebhookEvent.objects.create(
+        provider=provider,
+        event_id=_claimed_event_id(kept),
+        signature_valid=False,
+        headers={name[:100]: str(value)[:REJECTED_HEADER_CHARS] for name, value in list(headers.items())[:50]},
+        body=kept.replace("\x00", ""),
+        status=WebhookEvent.Status.REJECTED,
+        error=reason[:1_000],
+    )
+    log.warning("webhook.rejected", provider=provider, reason=reason[:200])
 
 
 def _claimed_event_id(text: str) -> str:
     """The id an unverified body claims, for staff to read; never trusted."""
     try:
         payload = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return ""
-    return str(payload.get("id", ""))[:255] if isinstance(payload, dict) else ""
+    return str(payload.get("id", ""))[:255].replace("\x00", "") if isinstance(payload, dict) else ""
 
 
 def _store_verified(
@@ -140,7 +168,7 @@ def webhook_process(*, event_pk: int) -> WebhookEvent:
             body = json.loads(event.body)
             for handler in handlers:
                 handler(event, body)
-    except (AppError, ValueError, KeyError) as error:
+    except (AppError, *MALFORMED) as error:  # a handler refusing the event, or a body of an unexpected shape
         log.error("webhook.failed", provider=event.provider, event_id=event.event_id, error=repr(error))
         return _finish(event, WebhookEvent.Status.FAILED, error=repr(error))
     return _finish(event, WebhookEvent.Status.PROCESSED)
