@@ -228,23 +228,30 @@ class PaymentAttempt(TimestampedModel):
         return f"{self.payment_id} via {self.provider}: {self.status}"
 
 
+class RefundStatus(models.TextChoices):
+    """The statuses of every refund row (a payment's, a purchase's): providers.protocol.refunds moves them."""
+
+    PENDING = "pending"  # committed; the refund call is being made
+    WAITING = "waiting", "Accepted, waiting for the provider"  # pending at the provider: never success
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # known not refunded; its reservation was released
+    UNKNOWN = "unknown"  # sticky: only the provider's refund (found by our key) resolves it
+
+
+REFUND_TRANSITIONS: dict[str, set[str]] = {
+    RefundStatus.PENDING: {RefundStatus.WAITING, RefundStatus.SUCCEEDED, RefundStatus.FAILED, RefundStatus.UNKNOWN},
+    RefundStatus.UNKNOWN: {RefundStatus.WAITING, RefundStatus.SUCCEEDED, RefundStatus.FAILED},
+    RefundStatus.WAITING: {RefundStatus.SUCCEEDED, RefundStatus.FAILED},
+    RefundStatus.SUCCEEDED: set(),
+    RefundStatus.FAILED: set(),
+}
+
+
 class Refund(StatusMachine, TimestampedModel):
     """A (partial) refund of a payment, recorded before the provider call, with its key."""
 
-    class Status(models.TextChoices):
-        PENDING = "pending"  # committed; the refund call is being made
-        WAITING = "waiting", "Accepted, waiting for the provider"  # pending at the provider: never success
-        SUCCEEDED = "succeeded"
-        FAILED = "failed"  # known not refunded; its reservation was released
-        UNKNOWN = "unknown"  # sticky: only the provider's refund (found by our key) resolves it
-
-    TRANSITIONS = {
-        Status.PENDING: {Status.WAITING, Status.SUCCEEDED, Status.FAILED, Status.UNKNOWN},
-        Status.UNKNOWN: {Status.WAITING, Status.SUCCEEDED, Status.FAILED},
-        Status.WAITING: {Status.SUCCEEDED, Status.FAILED},
-        Status.SUCCEEDED: set(),
-        Status.FAILED: set(),
-    }
+    Status = RefundStatus
+    TRANSITIONS = REFUND_TRANSITIONS
 
     payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="refunds")
     client_key = models.CharField(max_length=255)

@@ -44,7 +44,7 @@ from providers.protocol import FollowUps, Operation, operation_register
 from providers.stripe.client import stripe_client
 from providers.stripe.intents import CAPTURE as CAPTURE_STEP
 from providers.stripe.intents import VOID as VOID_STEP
-from providers.stripe.intents import IntentStep, as_hold, intent_status, step_answer, step_state
+from providers.stripe.intents import IntentStep, as_hold, find_hold, intent_status, step_answer, step_state
 
 OUR_CANCELLATION = "abandoned"  # what our void sends; Stripe's own lapse says "automatic"
 
@@ -84,10 +84,7 @@ class DealHold(DealOperation):
         return as_hold(result)  # type: ignore[return-value]
 
     def look_up(self, movement: MoneyMovement) -> LookupResult:
-        found = stripe_client().find_payment_intent(
-            idempotency_key=movement.key, first_attempt_at=movement.first_sent_at
-        )
-        return as_hold(found)
+        return find_hold(idempotency_key=movement.key, first_attempt_at=movement.first_sent_at)
 
     def on_succeeded(self, movement: MoneyMovement, result: Succeeded) -> FollowUps:
         captured = result.status == "succeeded"

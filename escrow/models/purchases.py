@@ -21,6 +21,7 @@ from django.db import models
 from django.db.models import F, Q
 
 from core.models import StatusMachine, TimestampedModel
+from providers.models import REFUND_TRANSITIONS, RefundStatus
 
 __all__ = ["PurchasableService", "Purchase", "PurchaseRefund", "ServicePrice"]
 
@@ -182,20 +183,8 @@ class Purchase(StatusMachine, TimestampedModel):
 class PurchaseRefund(StatusMachine, TimestampedModel):
     """A (partial) refund of a captured purchase, recorded with its reserved amount before the provider call."""
 
-    class Status(models.TextChoices):
-        PENDING = "pending"  # committed; the refund call is being made
-        WAITING = "waiting", "Accepted, waiting for Stripe"  # Stripe's refund is pending: never success
-        SUCCEEDED = "succeeded"
-        FAILED = "failed"  # known not refunded; its reservation was released
-        UNKNOWN = "unknown"  # sticky: only Stripe's refund (found by our key) resolves it
-
-    TRANSITIONS = {
-        Status.PENDING: {Status.WAITING, Status.SUCCEEDED, Status.FAILED, Status.UNKNOWN},
-        Status.UNKNOWN: {Status.WAITING, Status.SUCCEEDED, Status.FAILED},
-        Status.WAITING: {Status.SUCCEEDED, Status.FAILED},
-        Status.SUCCEEDED: set(),
-        Status.FAILED: set(),
-    }
+    Status = RefundStatus  # the statuses every refund row shares (providers.models)
+    TRANSITIONS = REFUND_TRANSITIONS
 
     purchase = models.ForeignKey(Purchase, on_delete=models.PROTECT, related_name="refunds")
     client_key = models.CharField(max_length=255, help_text="Once-only key of the request (API or system).")

@@ -35,7 +35,7 @@ from providers.protocol import FollowUps, Operation, operation_register
 from providers.stripe.client import CancellationReason, stripe_client
 from providers.stripe.intents import CAPTURE as CAPTURE_STEP
 from providers.stripe.intents import VOID as VOID_STEP
-from providers.stripe.intents import as_hold, step_answer, step_state
+from providers.stripe.intents import as_hold, find_hold, step_answer, step_state
 
 _CANCELLATION_REASON: dict[str, CancellationReason] = {
     O.CANCELLED: "requested_by_customer",
@@ -74,10 +74,7 @@ class AuthorizePurchase(_PurchaseOperation):
         return as_hold(result)  # type: ignore[return-value]
 
     def look_up(self, movement: MoneyMovement) -> LookupResult:
-        found = stripe_client().find_payment_intent(
-            idempotency_key=movement.key, first_attempt_at=movement.first_sent_at
-        )
-        return as_hold(found)
+        return find_hold(idempotency_key=movement.key, first_attempt_at=movement.first_sent_at)
 
     def on_succeeded(self, movement: MoneyMovement, result: Succeeded) -> FollowUps:
         return create.authorization_succeeded(movement, result)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from providers.base import Absent, Declined, LookupResult, Pending, ProviderResult, Succeeded, Unknown, found_failed
+from providers.stripe.client import stripe_client
 
 HELD = frozenset({"requires_capture", "succeeded"})  # authorized, or captured at once
 
@@ -26,6 +28,14 @@ def as_hold(found: LookupResult) -> LookupResult:
     if isinstance(found, Succeeded) and found.status not in HELD:
         return found_failed(f"PaymentIntent {found.reference} is {found.status}", found.raw)
     return found
+
+
+def find_hold(*, idempotency_key: str, first_attempt_at: datetime | None) -> LookupResult:
+    """The look-up of a hold (a PaymentIntent we created under `idempotency_key`), read as a hold. Stripe's
+    search lags new objects, so an empty answer soon after the first send is unknown, not absent."""
+    return as_hold(
+        stripe_client().find_payment_intent(idempotency_key=idempotency_key, first_attempt_at=first_attempt_at)
+    )
 
 
 @dataclass(frozen=True)
