@@ -36,6 +36,7 @@ from core.models import Alert
 from core.money import Money
 from core.permissions import require_permission
 from core.services import audit_record
+from ledger.services import retry_on_conflict
 from providers.base import FOUND_FAILED, Absent, Declined, LookupResult, Pending, ProviderResult, Succeeded, Unknown
 from providers.models import MoneyMovement
 from providers.protocol.operations import Operation, operation_get
@@ -207,6 +208,7 @@ def movement_resolve(*, movement: MoneyMovement | int, result: ProviderResult) -
     return MoneyMovement.objects.get(pk=row.pk)
 
 
+@retry_on_conflict  # the hooks post to the ledger in this one transaction: a deadlock retries all of it
 def _record(
     movement: MoneyMovement, recipe: Operation, result: ProviderResult, *, authoritative: bool, claimed: bool
 ) -> list[MoneyMovement]:
