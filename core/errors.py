@@ -51,6 +51,13 @@ class InvalidRequest(AppError):
     default_action_required = "Correct the fields listed in the details and submit again."
 
 
+class RequestTooLarge(AppError):
+    code = "request_too_large"
+    http_status = 413
+    default_user_message = "The request is larger than this service accepts."
+    default_action_required = "Send a smaller request; nothing was recorded."
+
+
 class NotAuthenticated(AppError):
     code = "not_authenticated"
     http_status = 401

@@ -76,16 +76,24 @@ def amount_max_minor_any() -> int:
     return max_major_units() * 10**LARGEST_EXPONENT
 
 
-def money_in_bounds(minor: object, currency: object) -> Money:
-    """An amount from outside (API, admin, CSV, webhook): integer minor units above zero and at most the
-    configured maximum of its currency, with an upper-case ISO 4217 currency; MoneyError says what is wrong."""
+def money_in_bounds(minor: object, currency: object, *, allow_zero: bool = False) -> Money:
+    """An amount from outside (API, admin, CSV, webhook): integer minor units above zero (or zero, where zero
+    means something: a fee with no fixed part, a cap that blocks) and at most the configured maximum of its
+    currency, with an upper-case ISO 4217 currency; MoneyError says what is wrong."""
     amount = Money(validate_minor(minor), validate_currency(currency))
-    if amount.minor <= 0:
-        raise MoneyError(f"the amount must be more than zero, got {amount.minor}")
+    if amount.minor < 0 or (amount.minor == 0 and not allow_zero):
+        raise MoneyError(f"the amount must be {'zero or more' if allow_zero else 'more than zero'}, got {amount.minor}")
     top = amount_max_minor(amount.currency)
     if amount.minor > top:
         raise MoneyError(f"the amount is more than the maximum of {Money(top, amount.currency)}")
     return amount
+
+
+def money_parse_in_bounds(text: str, currency: str, *, allow_zero: bool = False) -> Money:
+    """A decimal string in major units ("1234.50", from an admin form, a CSV file or a provider's body), parsed
+    exactly (Money.parse) and held to the same bounds as every other amount (money_in_bounds)."""
+    amount = Money.parse(text, currency)
+    return money_in_bounds(amount.minor, amount.currency, allow_zero=allow_zero)
 
 
 def validate_minor(minor: object) -> int:

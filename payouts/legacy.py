@@ -29,7 +29,7 @@ from django.db.models import Count, Exists, OuterRef, QuerySet
 
 from core.errors import AppError, InvalidRequest, ResourceLocked
 from core.locks import processing_lock
-from core.money import Money, validate_currency
+from core.money import Money, money_parse_in_bounds, validate_currency
 from core.services import audit_record
 from ledger.models import Transaction
 from ledger.services import credit, debit, transaction_post
@@ -231,14 +231,14 @@ def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]
 
 
 def _parse_amount(amount: str, currency: str) -> tuple[Money | None, str]:
-    """Strictly: a plain ASCII decimal with the currency's places, positive and within bigint."""
+    """Strictly: a plain ASCII decimal with the currency's places, positive and at most the currency's maximum
+    (core.money's one rule for amounts from outside)."""
+    if not amount.isascii():
+        return None, f"bad amount {amount!r} {currency!r}: not a positive plain decimal"
     try:
-        money = Money.parse(amount, currency.strip()) if amount.isascii() else None
+        return money_parse_in_bounds(amount, currency.strip()), ""
     except ValueError as error:  # MoneyError, or a number too long to convert
         return None, f"bad amount {amount!r} {currency!r}: {error}"
-    if money is None or not 0 < money.minor <= MAX_ID:
-        return None, f"bad amount {amount!r} {currency!r}: not a positive plain decimal"
-    return money, ""
 
 
 def _valid_currency(currency: str) -> str:

@@ -10,13 +10,20 @@ from __future__ import annotations
 from typing import Any
 
 from django.urls import path
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.api import IDEMPOTENCY_KEY_HEADER, IdempotentMixin, MinorUnitsField
+from core.api import (
+    IDEMPOTENCY_KEY_HEADER,
+    CurrencyField,
+    IdempotentMixin,
+    MinorUnitsField,
+    column_text,
+    error_responses,
+)
 from core.errors import NotFound
 from core.money import Money, MoneyError, amount_max_minor_any, money_in_bounds
 from providers.models import CustomerDefaultMethod, PaymentMethod, Provider
@@ -28,7 +35,7 @@ from providers.routing import Choice, route_payment
 class MoneyField(serializers.Serializer):
     # also read from query strings (MethodQuerySerializer)
     amount_minor = serializers.IntegerField(min_value=1, max_value=amount_max_minor_any())
-    currency = serializers.CharField(min_length=3, max_length=3)
+    currency = CurrencyField()
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -45,13 +52,24 @@ def _choice(provider: str | None, method: str | None) -> Choice | None:
 class PaymentCreateSerializer(MoneyField):
     amount_minor = MinorUnitsField(min_value=1)  # a JSON body: an integer, never a float or a string
     provider = serializers.ChoiceField(choices=Provider.choices, required=False, help_text="Explicit choice.")
-    method = serializers.CharField(required=False)
+    method = column_text(PaymentRow, "method", required=False)
     preferred_provider = serializers.ChoiceField(choices=Provider.choices, required=False)
-    preferred_method = serializers.CharField(required=False)
-    payment_method_token = serializers.CharField(required=False, default="", help_text="e.g. a Stripe pm_...")
+    preferred_method = column_text(PaymentRow, "method", required=False)
+    payment_method_token = column_text(
+        PaymentRow, "payment_method_token", required=False, default="", help_text="e.g. a Stripe pm_..."
+    )
 
 
 class PaymentSerializer(serializers.ModelSerializer):
+    redirect_url = serializers.URLField(
+        read_only=True, allow_null=True, help_text="Where to send the customer to pay (wallets); null for cards."
+    )
+
+    def to_representation(self, instance: PaymentRow) -> dict[str, Any]:
+        body = super().to_representation(instance)
+        body["redirect_url"] = body["redirect_url"] or None  # stored as "", which is not a URI
+        return body
+
     class Meta:
         model = PaymentRow
         fields = (
@@ -78,7 +96,7 @@ class MethodQuerySerializer(MoneyField):
 
 class DefaultMethodSerializer(serializers.Serializer):
     provider = serializers.ChoiceField(choices=Provider.choices)
-    method = serializers.CharField()
+    method = column_text(CustomerDefaultMethod, "method")
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if not PaymentMethod.objects.filter(enabled=True, **attrs).exists():
@@ -86,10 +104,23 @@ class DefaultMethodSerializer(serializers.Serializer):
         return attrs
 
 
-def _own_payment(request: Request, reference: str, staff_permission: str = "providers.view_payment") -> PaymentRow:
-    """The caller's own payment, or any one for staff holding `staff_permission`; else 404 (never 403)."""
+_ERROR_TEXT = {
+    404: "No default payment method chosen yet.",
+    409: "The payment's state does not allow this (e.g. a refund of a payment that has not succeeded), or the "
+    "same Idempotency-Key is in flight.",
+    429: "A spend limit is reached; see Retry-After and the details for when it resets.",
+    503: "No payment method is usable right now (a provider is down): nothing was charged; try again later.",
+}
+
+
+def _errors(*codes: int) -> dict[int, OpenApiResponse]:
+    return error_responses(_ERROR_TEXT, *codes)
+
+
+def _own_payment(request: Request, reference: str) -> PaymentRow:
+    """The caller's own payment, or any one for staff who may view payments; else 404 (never 403)."""
     user = request.user
-    may_view_all = user.is_staff and user.has_perm(staff_permission)
+    may_view_all = user.is_staff and user.has_perm("providers.view_payment")
     payments = PaymentRow.objects.all() if may_view_all else PaymentRow.objects.filter(user=user)
     payment = payments.filter(reference=reference).first()
     if payment is None:
@@ -99,7 +130,9 @@ def _own_payment(request: Request, reference: str, staff_permission: str = "prov
 
 class PaymentCreateView(IdempotentMixin, APIView):
     @extend_schema(
-        request=PaymentCreateSerializer, responses={201: PaymentSerializer}, parameters=[IDEMPOTENCY_KEY_HEADER]
+        request=PaymentCreateSerializer,
+        responses={201: PaymentSerializer, **_errors(429, 503)},
+        parameters=[IDEMPOTENCY_KEY_HEADER],
     )
     def post(self, request: Request) -> Response:
         body = PaymentCreateSerializer(data=request.data)
@@ -132,10 +165,12 @@ class PaymentDetailView(APIView):
 
 class RefundCreateView(IdempotentMixin, APIView):
     @extend_schema(
-        request=RefundCreateSerializer, responses={201: RefundSerializer}, parameters=[IDEMPOTENCY_KEY_HEADER]
+        request=RefundCreateSerializer,
+        responses={201: RefundSerializer, **_errors(409, 503)},
+        parameters=[IDEMPOTENCY_KEY_HEADER],
     )
     def post(self, request: Request, reference: str) -> Response:
-        payment = _own_payment(request, reference, staff_permission="providers.add_refund")
+        payment = _own_payment(request, reference)  # refund_request names the permission a reader lacks (403)
         body = RefundCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         minor = body.validated_data.get("amount_minor")
@@ -163,7 +198,7 @@ class MethodsView(APIView):
 
 
 class DefaultMethodView(APIView):
-    @extend_schema(responses={200: DefaultMethodSerializer})
+    @extend_schema(responses={200: DefaultMethodSerializer, **_errors(404)})
     def get(self, request: Request) -> Response:
         default = CustomerDefaultMethod.objects.filter(user=request.user).first()
         if default is None:

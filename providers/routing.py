@@ -32,6 +32,19 @@ class NoRouteAvailable(AppError):
     default_action_required = "Try another method or a smaller amount, or try again in a few minutes."
 
 
+class NoPaymentMethod(AppError):
+    """Nothing we offer takes this currency and amount: trying again will not help (unlike NoRouteAvailable)."""
+
+    code = "no_payment_method"
+    http_status = 400
+    default_user_message = "No payment method takes this currency and amount."
+    default_action_required = "Pay in another currency or amount; details list the methods and why each was skipped."
+
+
+CIRCUIT_OPEN, NO_FEE_RULE, METHOD_DISABLED = "circuit open", "no fee rule in force", "method disabled"
+PASSING_SKIPS = {CIRCUIT_OPEN, NO_FEE_RULE, METHOD_DISABLED}  # on our side, not the payment's: may pass soon
+
+
 @dataclass(frozen=True)
 class Choice:
     provider: str
@@ -62,11 +75,11 @@ class Route:
 
 def _skip_reason(method: PaymentMethod, amount: Money) -> str:
     if not method.enabled:
-        return "method disabled"
+        return METHOD_DISABLED
     if not method.min_minor <= amount.minor <= method.max_minor:
         return f"amount outside {method.min_minor}..{method.max_minor} {method.currency}"
     if breaker_for(method.provider).is_refusing():
-        return "circuit open"
+        return CIRCUIT_OPEN
     return ""
 
 
@@ -105,7 +118,7 @@ def route_payment(
         reason = _skip_reason(method, amount)
         quote = None if reason else _quote(method, amount)
         if quote is None:
-            route.skipped.append(Skip(method.provider, method.method, reason or "no fee rule in force"))
+            route.skipped.append(Skip(method.provider, method.method, reason or NO_FEE_RULE))
             continue
         usable.append((method, quote))
     if strategy == LOWEST_FEE:
@@ -137,8 +150,9 @@ def routing_decision_record(
         reference=reference,
     )
     if not route.candidates:
-        raise NoRouteAvailable(
-            f"no usable payment method for {amount.minor} {amount.currency}",
-            details={"routing_decision_id": decision.pk, "skipped": decision.skipped},
-        )
+        details = {"routing_decision_id": decision.pk, "skipped": decision.skipped}
+        message = f"no usable payment method for {amount.minor} {amount.currency}"
+        if any(skip.reason in PASSING_SKIPS for skip in route.skipped):
+            raise NoRouteAvailable(message, details=details)
+        raise NoPaymentMethod(message, details=details)
     return decision

@@ -13,6 +13,7 @@ import httpx
 from providers.base import InvalidSignature
 
 TOLERANCE_SECONDS = 300  # older or further in the future is refused
+UNIX_TIME_DIGITS = 12  # a Unix time in seconds until the year 33658: longer is no time at all (and overflows)
 
 
 def header_value(headers: Mapping[str, str], name: str) -> str:
@@ -30,8 +31,13 @@ def signature_fields(header: str, header_name: str) -> dict[str, str]:
     return {name.strip(): value.strip() for name, _, value in pairs}
 
 
+def unix_time_text(text: str) -> bool:
+    """A plain ASCII Unix time in seconds (what the providers sign), never a number that overflows a date."""
+    return text.isascii() and text.isdigit() and len(text) <= UNIX_TIME_DIGITS
+
+
 def fresh_timestamp(text: str, where: str) -> int:
-    if not text.isdigit():
+    if not unix_time_text(text):
         raise InvalidSignature(f"no valid timestamp in {where}")
     timestamp = int(text)
     if abs(time.time() - timestamp) > TOLERANCE_SECONDS:

@@ -50,8 +50,9 @@ class MalformedWebhook(InvalidRequest):
 # What a rejected (unverified or malformed) request keeps for staff: never more than this of its body.
 REJECTED_BODY_CHARS = 4_096
 REJECTED_HEADER_CHARS = 512
-# A verifier reading a body of the wrong shape fails with one of these (or nests too deep to parse).
-MALFORMED = (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError)
+# A verifier reading a body of the wrong shape fails with one of these (or nests too deep to parse, or holds a
+# number no date or amount can be); MoneyError (an amount out of core.money's bounds) is a ValueError.
+MALFORMED = (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError, OverflowError)
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,13 @@ def webhook_receive(*, provider: str, body: bytes, headers: Mapping[str, str]) -
 
 
 def _well_formed(verified: VerifiedEvent) -> VerifiedEvent:
-    if not 0 < len(verified.event_id) <= 255 or len(verified.event_type) > 100 or "\x00" in verified.event_id:
-        raise ValueError("the event id or type is missing or too long")
+    """The id and type fit their columns (the model's max_length) and hold no NUL (PostgreSQL refuses it)."""
+    longest_id, longest_type = (
+        WebhookEvent._meta.get_field(name).max_length or 0 for name in ("event_id", "event_type")
+    )
+    id_, type_ = verified.event_id, verified.event_type
+    if not 0 < len(id_) <= longest_id or len(type_) > longest_type or "\x00" in id_ + type_:
+        raise ValueError("the event id or type is missing, too long or holds NUL")
     return verified
 
 

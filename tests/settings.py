@@ -6,7 +6,14 @@ os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/backof
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("CONN_MAX_AGE", "0")
 
-from config.settings import *  # noqa: F403
+# Under pytest-xdist each worker has its own database (pytest-django adds a suffix) and its own Redis database,
+# counted down from the one given: circuit breakers, rate limits and caches never leak between workers.
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _worker.startswith("gw"):
+    _base, _, _db = os.environ["REDIS_URL"].rpartition("/")
+    os.environ["REDIS_URL"] = f"{_base}/{int(_db or 0) - int(_worker[2:])}"
+
+from config.settings import *  # noqa: E402, F403
 
 CELERY_TASK_ALWAYS_EAGER = True
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

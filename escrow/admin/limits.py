@@ -5,14 +5,20 @@ from __future__ import annotations
 from django.contrib import admin
 from django.utils import timezone
 
-from core.admin import ReadOnlyAdmin
+from core.admin import AmountsInBoundsForm, ReadOnlyAdmin
 from core.money import Money
 from escrow.models import SpendCounter, SpendLimit, SpendReservation
 from providers.admin import AuditedConfigAdmin
 
 
+class SpendLimitForm(AmountsInBoundsForm):
+    amount_fields = {"max_amount_minor": "currency"}
+    zero_allowed = True  # a cap of zero blocks every outflow
+
+
 @admin.register(SpendLimit)
 class SpendLimitAdmin(AuditedConfigAdmin):
+    form = SpendLimitForm
     list_display = ("__str__", "scope", "user", "currency", "window", "amount_cap", "max_count", "used_now", "active")
     list_filter = ("scope", "window", "currency", "active")
     search_fields = ("user__username", "description")

@@ -17,10 +17,18 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.api import IDEMPOTENCY_KEY_HEADER, IdempotentMixin, MinorUnitsField, error_responses
+from core.api import (
+    IDEMPOTENCY_KEY_HEADER,
+    BoundedDateTimeField,
+    CurrencyField,
+    IdempotentMixin,
+    MinorUnitsField,
+    column_text,
+    error_responses,
+)
 from core.errors import NotFound
 from escrow.deals import deal_cancel, deal_create, deal_release, deal_release_approve, money_of
-from escrow.models import EscrowDeal
+from escrow.models import EscrowDeal, SellerAccount
 
 _ERROR_TEXT = {
     400: "Invalid request, or no Idempotency-Key.",
@@ -40,12 +48,21 @@ def _errors(*codes: int) -> dict[int, OpenApiResponse]:
 
 
 class DealCreateSerializer(serializers.Serializer):
-    seller_account = serializers.RegexField(r"^acct_[A-Za-z0-9]+$", help_text="The seller's connected account id.")
+    seller_account = column_text(
+        SellerAccount,
+        "stripe_account_id",
+        serializers.RegexField,
+        regex=r"^acct_[A-Za-z0-9]+$",
+        help_text="The seller's connected account id.",
+    )
     amount_minor = MinorUnitsField(min_value=1, help_text="What the buyer pays, in minor units.")
-    currency = serializers.CharField(min_length=3, max_length=3, help_text="ISO 4217, e.g. USD.")
-    deadline = serializers.DateTimeField(help_text="When the deal should complete; the timeout policy applies after.")
+    currency = CurrencyField()
+    deadline = BoundedDateTimeField(
+        help_text="When the deal should complete (at most ESCROW_DEADLINE_MAX_DAYS ahead); the timeout policy "
+        "applies after."
+    )
     timeout_policy = serializers.ChoiceField(choices=EscrowDeal.TimeoutPolicy.choices)
-    payment_method = serializers.CharField(max_length=255, help_text="The buyer's Stripe payment method, pm_...")
+    payment_method = column_text(EscrowDeal, "payment_method", help_text="The buyer's Stripe payment method, pm_...")
 
 
 class DealCancelSerializer(serializers.Serializer):

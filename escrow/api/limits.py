@@ -48,11 +48,15 @@ def _usage_row(usage: LimitUsage) -> dict[str, object]:
 
 class MySpendLimitsView(APIView):
     @extend_schema(
-        parameters=[OpenApiParameter("currency", str, required=True, description="ISO 4217 code, e.g. PHP.")],
+        parameters=[
+            OpenApiParameter(
+                "currency", str, required=True, enum=sorted(CURRENCY_EXPONENTS), description="ISO 4217 code, e.g. PHP."
+            )
+        ],
         responses=LimitUsageSerializer(many=True),
     )
     def get(self, request: Request) -> Response:
-        currency = request.query_params.get("currency", "").upper()
+        currency = request.query_params.get("currency", "")
         if currency not in CURRENCY_EXPONENTS:
             raise InvalidRequest(
                 f"unknown currency {currency!r}",

@@ -18,10 +18,17 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.api import IDEMPOTENCY_KEY_HEADER, IdempotentMixin, MinorUnitsField, error_responses
+from core.api import (
+    IDEMPOTENCY_KEY_HEADER,
+    CurrencyField,
+    IdempotentMixin,
+    MinorUnitsField,
+    column_text,
+    error_responses,
+)
 from core.errors import NotFound
 from core.money import Money
-from escrow.models import Purchase, PurchaseRefund
+from escrow.models import PurchasableService, Purchase, PurchaseRefund
 from escrow.purchases import purchase_cancel, purchase_create, purchase_refund, purchase_report_delivery
 
 app_name = "purchases-api"
@@ -45,12 +52,14 @@ def _errors(*codes: int) -> dict[int, OpenApiResponse]:
 
 
 class PurchaseCreateSerializer(serializers.Serializer):
-    service = serializers.SlugField(help_text="Catalogue code, e.g. phone-verification.")
-    currency = serializers.CharField(min_length=3, max_length=3)
+    service = column_text(
+        PurchasableService, "code", serializers.SlugField, help_text="Catalogue code, e.g. phone-verification."
+    )
+    currency = CurrencyField()
     amount_minor = MinorUnitsField(
         min_value=1, required=False, help_text="The price shown to the buyer; must equal the catalogue price."
     )
-    payment_method = serializers.CharField(max_length=100, help_text="A Stripe payment method, e.g. pm_...")
+    payment_method = column_text(Purchase, "payment_method", help_text="A Stripe payment method, e.g. pm_...")
 
 
 class PurchaseRefundSerializer(serializers.ModelSerializer):
@@ -76,12 +85,12 @@ class PurchaseSerializer(serializers.ModelSerializer):
 
 class PurchaseDeliverySerializer(serializers.Serializer):
     outcome = serializers.ChoiceField(choices=[("delivered", "delivered"), ("failed", "failed")])
-    detail = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
+    detail = column_text(Purchase, "outcome_detail", required=False, default="", allow_blank=True)
 
 
 class PurchaseRefundCreateSerializer(serializers.Serializer):
     amount_minor = MinorUnitsField(min_value=1, required=False, help_text="Omit to refund the rest.")
-    reason = serializers.CharField(max_length=255, required=False, default="", allow_blank=True)
+    reason = column_text(PurchaseRefund, "reason", required=False, default="", allow_blank=True)
 
 
 # --- views ---------------------------------------------------------------------------------------
@@ -192,9 +201,7 @@ class PurchaseRefundView(IdempotentMixin, APIView):
     def post(self, request: Request, purchase_id: int) -> Response:
         body = PurchaseRefundCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        purchase = Purchase.objects.filter(pk=purchase_id).first()
-        if purchase is None:
-            raise NotFound(f"purchase {purchase_id} does not exist", details={"purchase": purchase_id})
+        purchase = _own(request, purchase_id)  # another's purchase is 404, as if it did not exist (never 403)
         minor = body.validated_data.get("amount_minor")
         refund = purchase_refund(
             purchase_id=purchase.pk,

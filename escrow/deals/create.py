@@ -42,6 +42,11 @@ def _validate_create(amount: Money, deadline: datetime, timeout_policy: str, pay
         raise invalid("The amount must be more than zero.", "amount_minor", "Enter a positive amount in minor units.")
     if timezone.is_naive(deadline) or deadline <= timezone.now():
         raise invalid("The deadline must be a time in the future.", "deadline", "Give a future time with a zone.")
+    if deadline - timezone.now() > settings.ESCROW_DEADLINE_MAX:
+        days = settings.ESCROW_DEADLINE_MAX.days
+        raise invalid(
+            f"The deadline is more than {days} days ahead.", "deadline", f"Give a deadline within {days} days."
+        )
     if timeout_policy not in EscrowDeal.TimeoutPolicy.values:
         raise invalid("Unknown timeout policy.", "timeout_policy", "Use 'refund' or 'release'.")
     if not payment_method:

@@ -19,6 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from core.errors import InvalidRequest, InvalidStateTransition, NotFound, PermissionDenied
+from core.permissions import require_permission
 from core.services import audit_record
 from escrow.models import Purchase
 from escrow.purchases.capture_void import capture_record, void_record
@@ -135,7 +136,9 @@ def purchase_cancel(*, purchase_id: int, actor: AbstractBaseUser) -> Purchase:
     with transaction.atomic():
         purchase = purchase_locked(purchase_id)
         if purchase.buyer_id != actor.pk and not is_finance:
-            raise NotFound(f"purchase {purchase_id} does not exist", details={"purchase": purchase_id})
+            if not (getattr(actor, "is_staff", False) and actor.has_perm("escrow.view_purchase")):
+                raise NotFound(f"purchase {purchase_id} does not exist", details={"purchase": purchase_id})
+            require_permission(actor, REFUND_PERMISSION)  # staff who can see it are told what they lack
         if purchase.outcome == O.CANCELLED:
             return purchase_reload(purchase_id)
         delivered = purchase.outcome == O.DELIVERED and purchase.status == S.CAPTURED

@@ -8,6 +8,7 @@ from typing import Any
 from django.utils import timezone
 from rest_framework import serializers
 
+from core.api import BoundedDateTimeField
 from ledger.models import Account, Entry, Transaction
 
 STATEMENT_DEFAULT_DAYS = 30
@@ -41,8 +42,8 @@ class AccountSerializer(serializers.ModelSerializer):
 
 
 class StatementQuerySerializer(serializers.Serializer):
-    since = serializers.DateTimeField(required=False, help_text="ISO 8601; default: 30 days before `until`.")
-    until = serializers.DateTimeField(required=False, help_text="ISO 8601; default: now.")
+    since = BoundedDateTimeField(required=False, help_text="ISO 8601; default: 30 days before `until`.")
+    until = BoundedDateTimeField(required=False, help_text="ISO 8601; default: now.")
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, datetime]:
         until = attrs.get("until") or timezone.now()

@@ -123,7 +123,10 @@ def selection_problems(selection: WinnerSelection) -> list[str]:
     except MoneyError as error:
         found.append(str(error))
     pattern = _RECIPIENT_FORMATS.get(selection.recipient_type)
-    if pattern is None or not pattern.match(selection.recipient or ""):
+    longest = WinnerSelection._meta.get_field("recipient").max_length or 0
+    if len(selection.recipient or "") > longest:
+        found.append(f"{selection.recipient_type} recipient is longer than {longest} characters")
+    elif pattern is None or not pattern.match(selection.recipient or ""):
         found.append(f"{selection.recipient_type} recipient {selection.recipient!r} is not valid")
     if selection.amount_minor <= 0:
         found.append("amount must be positive")

@@ -55,6 +55,7 @@ from providers.base import (
     outcome_of_transport_error,
 )
 from providers.config import api_base
+from providers.webhook_signatures import unix_time_text
 
 if TYPE_CHECKING:
     from stripe.params import (
@@ -579,7 +580,7 @@ def _parse_signature_header(header: str) -> tuple[int, list[str]]:
     pairs = [item.strip().partition("=") for item in header.split(",")]
     timestamps = [value for name, _, value in pairs if name == "t"]
     signatures = [value for name, _, value in pairs if name == "v1" and value]
-    if len(timestamps) != 1 or not timestamps[0].isdigit():
+    if len(timestamps) != 1 or not unix_time_text(timestamps[0]):
         raise WebhookSignatureError("Stripe-Signature has no single t=<unix time>")
     if not signatures:
         raise WebhookSignatureError("Stripe-Signature has no v1 signature")

@@ -12,12 +12,17 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission, User
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import models
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from core.money import amount_max_minor
-from escrow.models import EscrowDeal
-from providers.models import MoneyMovement, Payment, Refund
+from escrow.admin.purchases import RefundPartForm
+from escrow.models import CommissionTier, EscrowDeal, ServicePrice, SpendLimit
+from payouts.legacy import legacy_import
+from payouts.models import LegacyPayout, PayoutCycle, WinnerSelection
+from providers.models import FeeRule, MoneyMovement, Payment, PaymentMethod, Refund
 from tests.escrow.factories_deals import UserFactory, seller
 
 BAD_AMOUNTS = {
@@ -71,7 +76,7 @@ def _payment_refund(sandbox: Any) -> tuple[APIClient, str, dict[str, Any]]:
     client, url, body = _payment(sandbox)
     reference = client.post(url, body, format="json", HTTP_IDEMPOTENCY_KEY="paid").json()["reference"]
     finance = UserFactory(is_staff=True)
-    finance.user_permissions.add(Permission.objects.get(codename="add_refund"))
+    finance.user_permissions.add(*Permission.objects.filter(codename__in=["add_refund", "view_payment"]))
     return client_for(User.objects.get(pk=finance.pk)), f"/api/v1/payments/{reference}/refunds/", {"amount_minor": 1}
 
 
@@ -105,3 +110,130 @@ def test_a_bad_amount_is_a_400_that_writes_and_sends_nothing(sandbox, endpoint, 
     assert error["code"] == "invalid_request" and error["user_message"] and error["action_required"]
     assert field in str(error["details"]) or "refundable_minor" in error["details"]  # a refund says what is left
     assert endpoint.rows() == before and sum(sandbox.calls.values()) == calls_before
+
+
+# --- the admin and CSV imports: the same rule (core.money), answered with a form error -----------------------
+
+
+@dataclass(frozen=True)
+class AdminForm:
+    name: str
+    url: str
+    good: dict[str, str]  # a form that saves
+    amount_field: str
+    table: type[models.Model]
+    zero_allowed: bool = False
+
+
+ADMIN_FORMS = [
+    AdminForm("spend_limit", "/admin/escrow/spendlimit/add/", {
+        "scope": "user", "currency": "USD", "window": "day", "max_amount_minor": "500000", "active": "on",
+    }, "max_amount_minor", SpendLimit, zero_allowed=True),
+    AdminForm("payment_method_max", "/admin/providers/paymentmethod/add/", {
+        "provider": "stripe", "method": "card_test", "currency": "USD", "min_minor": "1", "max_minor": "100000",
+        "priority": "100", "enabled": "on",
+    }, "max_minor", PaymentMethod),
+    AdminForm("payment_method_min", "/admin/providers/paymentmethod/add/", {
+        "provider": "stripe", "method": "card_test", "currency": "USD", "min_minor": "1", "max_minor": "100000",
+        "priority": "100", "enabled": "on",
+    }, "min_minor", PaymentMethod),
+    AdminForm("fee_rule", "/admin/providers/feerule/add/", {
+        "provider": "stripe", "method": "card", "currency": "USD", "percent_bps": "290", "fixed_minor": "30",
+        "platform_percent_bps": "0", "platform_fixed_minor": "0", "effective_from_0": "2031-01-01",
+        "effective_from_1": "00:00:00",
+    }, "fixed_minor", FeeRule, zero_allowed=True),
+    AdminForm("fee_rule_platform", "/admin/providers/feerule/add/", {
+        "provider": "stripe", "method": "card", "currency": "USD", "percent_bps": "290", "fixed_minor": "30",
+        "platform_percent_bps": "0", "platform_fixed_minor": "0", "effective_from_0": "2031-01-01",
+        "effective_from_1": "00:00:00",
+    }, "platform_fixed_minor", FeeRule, zero_allowed=True),
+    AdminForm("service_price", "/admin/escrow/purchasableservice/add/", {
+        "code": "bounded-service", "name": "Bounded", "delivery_timeout": "00:15:00", "active": "on",
+        "prices-TOTAL_FORMS": "1", "prices-INITIAL_FORMS": "0", "prices-MIN_NUM_FORMS": "0",
+        "prices-MAX_NUM_FORMS": "1000", "prices-0-currency": "USD", "prices-0-amount_minor": "10000",
+    }, "prices-0-amount_minor", ServicePrice),
+    AdminForm("commission_tier", "/admin/escrow/commissiontier/add/", {
+        "name": "bounded", "rate_bps": "500", "description": "", "active": "on",
+    }, "rate_bps", CommissionTier),  # basis points, not an amount: at most 10,000 and never an integer overflow
+]  # fmt: skip
+BAD_ADMIN_AMOUNTS = {
+    "over_the_maximum": str(amount_max_minor("USD") + 1),
+    "2**63": str(2**63),
+    "10**30": str(10**30),
+    "negative": "-1",
+    "decimal": "12.5",
+    "text": "lots",
+}
+
+
+@pytest.fixture
+def admin_client(client, django_user_model):
+    client.force_login(django_user_model.objects.create_superuser("bounds-admin", password="pw"))
+    return client
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("form", ADMIN_FORMS, ids=lambda form: form.name)
+def test_an_admin_form_refuses_an_amount_out_of_bounds_with_a_form_error(admin_client, form):
+    before = form.table.objects.count()
+    bad = {**BAD_ADMIN_AMOUNTS, **({} if form.zero_allowed or form.name == "commission_tier" else {"zero": "0"})}
+
+    for name, value in bad.items():
+        page = admin_client.post(form.url, {**form.good, form.amount_field: value})
+        assert page.status_code == 200, (name, page.status_code)  # the form again, with its errors
+        assert b"errorlist" in page.content, name
+        assert form.table.objects.count() == before, name
+    assert (
+        admin_client.post(form.url, {**form.good, form.amount_field: "0" if form.zero_allowed else "1"}).status_code
+        == 302
+    )
+    assert form.table.objects.count() == before + 1
+
+
+@pytest.mark.django_db
+def test_an_admin_form_refuses_an_unknown_currency(admin_client):
+    spend_limit = ADMIN_FORMS[0]
+    page = admin_client.post(spend_limit.url, {**spend_limit.good, "currency": "usd"})
+    assert page.status_code == 200 and b"upper-case ISO 4217" in page.content and not SpendLimit.objects.exists()
+
+
+@pytest.mark.parametrize("amount", ["100000000.00", "9" * 30, "0", "-5", "1.001"])
+def test_the_partial_refund_form_holds_amounts_to_the_same_bounds(amount):
+    form = RefundPartForm(data={"amount": amount, "reason": "", "refund_key": "k"}, currency="USD")
+    assert not form.is_valid() and form.errors["amount"]
+    assert RefundPartForm(data={"amount": "99999999.00", "refund_key": "k"}, currency="USD").is_valid()
+
+
+@pytest.mark.django_db
+def test_the_winners_csv_import_refuses_an_amount_out_of_bounds_and_imports_nothing(admin_client):
+    cycle = PayoutCycle.objects.create(name="bounds")
+    winner = UserFactory()
+    text = (
+        "user_id,amount,currency,recipient_type,recipient\n"
+        f"{winner.pk},100000000.00,USD,EMAIL,a@example.com\n"
+        f"{winner.pk},{'9' * 30},USD,EMAIL,b@example.com\n"
+        f"{winner.pk},5.00,USD,EMAIL,{'c' * 250}@example.com\n"
+    )
+    upload = SimpleUploadedFile("winners.csv", text.encode(), content_type="text/csv")
+    page = admin_client.post("/admin/payouts/winnerselection/import/", {"cycle": cycle.pk, "file": upload})
+
+    assert page.status_code == 200
+    content = page.content.decode()
+    assert "line 2: amount &#x27;100000000.00&#x27;: the amount is more than the maximum" in content
+    assert "line 3: amount" in content and "longer than 255 characters" in content
+    assert not WinnerSelection.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_legacy_csv_import_flags_an_amount_out_of_bounds_for_review(tmp_path):
+    path = tmp_path / "legacy.csv"
+    path.write_text(
+        "Transaction ID,Payout Item ID,Sender Item ID,Recipient,Amount,Currency,Status,Date\n"
+        f"T1,I1,s1,a@example.com,{10**14},USD,SUCCESS,2024-01-01\n"
+        "T2,I2,s2,b@example.com,12.50,USD,SUCCESS,2024-01-01\n"
+    )
+    legacy_import(path)
+    huge, fine = LegacyPayout.objects.order_by("row_number")
+    assert huge.amount_minor is None and "more than the maximum" in huge.review_note
+    assert huge.review_status == LegacyPayout.ReviewStatus.NEEDS_REVIEW
+    assert fine.amount_minor == 1_250

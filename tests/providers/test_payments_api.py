@@ -30,7 +30,7 @@ def buyer(django_user_model):
 @pytest.fixture
 def finance(django_user_model):
     user = django_user_model.objects.create_user("finance", is_staff=True)
-    user.user_permissions.add(Permission.objects.get(codename="add_refund"))
+    user.user_permissions.add(*Permission.objects.filter(codename__in=["add_refund", "view_payment"]))
     return client_for(user)
 
 

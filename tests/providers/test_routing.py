@@ -6,7 +6,14 @@ from core.money import Money
 from providers.base import Unknown
 from providers.breaker import breaker_for, shared_redis
 from providers.models import CustomerDefaultMethod, PaymentMethod, RoutingDecision
-from providers.routing import LOWEST_FEE, Choice, NoRouteAvailable, route_payment, routing_decision_record
+from providers.routing import (
+    LOWEST_FEE,
+    Choice,
+    NoPaymentMethod,
+    NoRouteAvailable,
+    route_payment,
+    routing_decision_record,
+)
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("default_payment_config")]
 GCASH, MAYA = Choice("gcash", "gcash"), Choice("maya", "maya_wallet")
@@ -84,7 +91,20 @@ def test_every_decision_is_recorded_and_no_route_is_an_error():
         "platform_fee_minor": 0,
     }
     nothing = route_payment(amount=Money(100, "EUR"))
-    with pytest.raises(NoRouteAvailable) as error:
+    with pytest.raises(NoPaymentMethod) as error:  # nothing we offer takes EUR: trying again will not help
         routing_decision_record(route=nothing, amount=Money(100, "EUR"), user=None)
-    assert error.value.http_status == 503
+    assert (error.value.http_status, error.value.retryable) == (400, False)
     assert RoutingDecision.objects.count() == 2
+
+
+def test_no_route_is_a_503_only_while_a_usable_method_is_down():
+    PaymentMethod.objects.filter(provider="maya").update(enabled=False)
+    open_circuit("gcash")
+    open_circuit("stripe")
+    down = route_payment(amount=Money(5_000, "PHP"))
+    with pytest.raises(NoRouteAvailable) as error:
+        routing_decision_record(route=down, amount=Money(5_000, "PHP"), user=None)
+    assert (error.value.http_status, error.value.retryable) == (503, True)
+    too_big = route_payment(amount=Money(10**12, "PHP"))  # over every method's maximum, and the others are down
+    with pytest.raises(NoRouteAvailable):
+        routing_decision_record(route=too_big, amount=Money(10**12, "PHP"), user=None)
