@@ -10,6 +10,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from core.errors import AppError
+from monitoring.checks import stuck_work_check
 from monitoring.models import ReconciliationRun
 from monitoring.reconciliation import reconciliation_run
 
@@ -34,3 +35,9 @@ def reconcile_yesterday_task() -> dict[str, int]:
         except AppError as error:  # one provider's failure must not stop the others; the run row says why
             log.error("reconciliation.nightly_failed", provider=provider, date=str(yesterday), error=error.message)
     return runs
+
+
+@shared_task(name="monitoring.check_stuck_work")
+def check_stuck_work_task() -> dict[str, int]:
+    """Every 5 minutes (beat): alerts for stale processing locks and movements unknown for too long."""
+    return stuck_work_check()

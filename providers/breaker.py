@@ -21,6 +21,9 @@ closed --N consecutive failures--> open --backoff elapsed--> half-open --M succe
 - A Redis outage must not stop payments: `allow()` then answers True, `is_refusing()`
   False, and `record()` drops the result, all with a warning; `state()` and `reset()`
   raise, so health checks and staff see the problem.
+- `record()` returns the transition it made (OPEN when the circuit opened, CLOSED when a
+  half-open circuit closed, else None) and passes it to the breaker's `on_change`
+  observer: the payment path wires the staff alert there (providers.health).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]  # seconds since the epoch
 Random = Callable[[], float]  # uniform in [0, 1)
+ChangeObserver = Callable[["CircuitBreaker", "CircuitState"], None]  # the breaker, the state it moved to
 
 NOT_CALLED_CODES = frozenset({"circuit_open"})  # our own answers when we did not call
 FAILURE_CODES = frozenset({"not_sent"})  # declines that say the provider could not be reached
@@ -211,26 +215,39 @@ def _datetime(timestamp: float | None) -> datetime | None:
 
 class CircuitBreaker(ABC):
     def __init__(
-        self, name: str, *, config: BreakerConfig, prefix: str, clock: Clock = time.time, rng: Random = random.random
+        self,
+        name: str,
+        *,
+        config: BreakerConfig,
+        prefix: str,
+        clock: Clock = time.time,
+        rng: Random = random.random,
+        on_change: ChangeObserver | None = None,
     ) -> None:
         self.name = name
         self.config = config
         self.key = f"{prefix}:breaker:{name}"
         self.clock = clock
         self.rng = rng
+        self.on_change = on_change
 
     @abstractmethod
     def allow(self) -> bool:
         """May we call the provider now? In half-open, True takes one of the trial slots."""
 
-    def record(self, result: ProviderResult) -> None:
-        """Count the result of a call that `allow()` let through."""
+    def record(self, result: ProviderResult) -> CircuitState | None:
+        """Count the result of a call that `allow()` let through; the transition it made, if any."""
         outcome = call_outcome(result)
-        if outcome != CallOutcome.NOT_CALLED:
-            self._record(failed=outcome == CallOutcome.FAILURE)
+        if outcome == CallOutcome.NOT_CALLED:
+            return None
+        changed = self._record(failed=outcome == CallOutcome.FAILURE)
+        if changed is not None and self.on_change is not None:
+            self.on_change(self, changed)
+        return changed
 
     @abstractmethod
-    def _record(self, *, failed: bool) -> None: ...
+    def _record(self, *, failed: bool) -> CircuitState | None:
+        """Count one call; OPEN if that opened the circuit, CLOSED if it closed it, else None."""
 
     @abstractmethod
     def state(self) -> BreakerState: ...
@@ -271,7 +288,8 @@ return 1
 """
 
 # KEYS[1] the circuit hash. ARGV: now, failed (0/1), failure_threshold, success_threshold,
-# base_backoff, max_backoff, jitter, draw, ttl. Mirrors _Circuit.record.
+# base_backoff, max_backoff, jitter, draw, ttl. Mirrors _Circuit.record. Returns the state after, or
+# 'opened' / 'reclosed' when this call opened or closed the circuit.
 _RECORD_LUA = """
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
@@ -290,7 +308,7 @@ if ARGV[2] == '1' then
   redis.call('HSET', key, 'state', 'open', 'successes', 0, 'trials', 0,
              'opened_at', ARGV[1], 'retry_at', string.format('%.17g', retry_at))
   redis.call('EXPIRE', key, ARGV[9])
-  return 'open'
+  return 'opened'
 end
 if state == 'closed' then
   if redis.call('EXISTS', key) == 1 then redis.call('HSET', key, 'failures', 0) end
@@ -299,7 +317,7 @@ end
 local successes = redis.call('HINCRBY', key, 'successes', 1)
 if successes >= tonumber(ARGV[4]) then
   redis.call('DEL', key)
-  return 'closed'
+  return 'reclosed'
 end
 if tonumber(redis.call('HGET', key, 'trials') or '0') > 0 then redis.call('HINCRBY', key, 'trials', -1) end
 redis.call('EXPIRE', key, ARGV[9])
@@ -319,8 +337,9 @@ class RedisCircuitBreaker(CircuitBreaker):
         prefix: str,
         clock: Clock = time.time,
         rng: Random = random.random,
+        on_change: ChangeObserver | None = None,
     ) -> None:
-        super().__init__(name, config=config, prefix=prefix, clock=clock, rng=rng)
+        super().__init__(name, config=config, prefix=prefix, clock=clock, rng=rng, on_change=on_change)
         self.client = client
         self._allow_script = client.register_script(_ALLOW_LUA)
         self._record_script = client.register_script(_RECORD_LUA)
@@ -334,15 +353,17 @@ class RedisCircuitBreaker(CircuitBreaker):
             logger.warning("circuit breaker %s: Redis unavailable, letting the call through", self.name, exc_info=True)
             return True
 
-    def _record(self, *, failed: bool) -> None:
+    def _record(self, *, failed: bool) -> CircuitState | None:
         c = self.config
         args = [_num(self.clock()), int(failed), c.failure_threshold, c.success_threshold]
         args += [_num(c.base_backoff_seconds), _num(c.max_backoff_seconds), _num(c.jitter), _num(self.rng())]
         args.append(STATE_TTL_SECONDS)
         try:
-            self._record_script(keys=[self.key], args=args)
+            after = _text(self._record_script(keys=[self.key], args=args))
         except redis.RedisError:
             logger.warning("circuit breaker %s: Redis unavailable, result not counted", self.name, exc_info=True)
+            return None
+        return {"opened": CircuitState.OPEN, "reclosed": CircuitState.CLOSED}.get(after)
 
     def state(self) -> BreakerState:
         fields = {_text(k): _text(v) for k, v in self.client.hgetall(self.key).items()}  # type: ignore[union-attr]
@@ -371,10 +392,15 @@ class LocalCircuitBreaker(CircuitBreaker):
         with _LOCAL_LOCK:
             return _LOCAL_CIRCUITS.setdefault(self.key, _Circuit()).allow(self.clock(), self.config)
 
-    def _record(self, *, failed: bool) -> None:
+    def _record(self, *, failed: bool) -> CircuitState | None:
         with _LOCAL_LOCK:
             circuit = _LOCAL_CIRCUITS.setdefault(self.key, _Circuit())
+            before = circuit.state
             circuit.record(self.clock(), failed, self.config, self.rng())
+            after = circuit.state
+        if before == after or after == CircuitState.HALF_OPEN:
+            return None
+        return after  # OPEN (from closed or half-open), or CLOSED (from half-open)
 
     def state(self) -> BreakerState:
         with _LOCAL_LOCK:
@@ -417,11 +443,18 @@ def breaker_config(provider: str) -> BreakerConfig:
 
 
 def breaker_for(
-    provider: str, method: str | None = None, *, clock: Clock = time.time, rng: Random = random.random
+    provider: str,
+    method: str | None = None,
+    *,
+    clock: Clock = time.time,
+    rng: Random = random.random,
+    on_change: ChangeObserver | None = None,
 ) -> CircuitBreaker:
     """The provider's breaker (or the breaker of one of its methods, with its own state)."""
     name = provider if method is None else f"{provider}.{method}"
     config, prefix, client = breaker_config(provider), state_key_prefix(), shared_redis()
     if client is None:
-        return LocalCircuitBreaker(name, config=config, prefix=prefix, clock=clock, rng=rng)
-    return RedisCircuitBreaker(name, client=client, config=config, prefix=prefix, clock=clock, rng=rng)
+        return LocalCircuitBreaker(name, config=config, prefix=prefix, clock=clock, rng=rng, on_change=on_change)
+    return RedisCircuitBreaker(
+        name, client=client, config=config, prefix=prefix, clock=clock, rng=rng, on_change=on_change
+    )

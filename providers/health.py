@@ -8,10 +8,14 @@ The payments status is the worst provider status.
 Reads never raise on a Redis outage: the breaker is reported as "unknown" with the error, because the
 outage itself is what staff and monitoring need to see. Payments keep flowing meanwhile (the breaker
 fails open), hence DEGRADED rather than UNHEALTHY.
+
+A circuit opening raises the staff alert `circuit:<provider>` (`circuit_changed`, wired into every provider
+call by providers.retry); it resolves itself when the circuit closes again, or when staff reset it.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -21,12 +25,15 @@ from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
 
+from core.alerts import alert_raise, alert_resolve
 from core.errors import AppError, InvalidRequest
 from core.permissions import require_permission
 from core.services import audit_record
 from providers.availability import Availability, all_availability
-from providers.breaker import BreakerState, CircuitState, breaker_for
+from providers.breaker import BreakerState, CircuitBreaker, CircuitState, breaker_for
 from providers.models import Provider
+
+logger = logging.getLogger(__name__)
 
 VIEW_PERMISSION = "providers.view_webhookevent"
 RESET_PERMISSION = "providers.reset_circuit_breaker"
@@ -196,7 +203,48 @@ def breaker_reset(*, provider: str, actor: AbstractBaseUser) -> BreakerState:
         breaker.reset()
     except redis.RedisError as error:
         raise BreakerStoreUnavailable(f"resetting the {provider} breaker failed: {_describe(error)}") from error
+    alert_resolve(key=circuit_alert_key(provider), reason=f"reset by {actor.get_username()}")
     return before
+
+
+# --- the staff alert ------------------------------------------------------------------------------
+
+
+def circuit_alert_key(name: str) -> str:
+    return f"circuit:{name}"
+
+
+def circuit_changed(breaker: CircuitBreaker, state: CircuitState) -> None:
+    """The breaker's observer on the payment path: alert when a circuit opens, resolve when it closes.
+
+    Never raises: the provider call that tripped the breaker has its own answer to give."""
+    try:
+        if state == CircuitState.CLOSED:
+            alert_resolve(key=circuit_alert_key(breaker.name), reason="the circuit closed after successful trials")
+        elif state == CircuitState.OPEN:
+            _alert_circuit_open(breaker)
+    except Exception:
+        logger.exception("circuit breaker %s: the staff alert for %s could not be written", breaker.name, state)
+
+
+def _alert_circuit_open(breaker: CircuitBreaker) -> None:
+    name = breaker.name
+    why = f"{breaker.config.failure_threshold} calls in a row to {name} failed or timed out"
+    try:
+        seen = breaker.state()
+        retry = f"{seen.retry_at:%H:%M:%S} UTC" if seen.retry_at else "its backoff"
+        if seen.times_opened > 1:
+            why = f"A trial call to {name} failed again (opened {seen.times_opened} times in a row)"
+    except redis.RedisError:
+        retry = "its backoff"
+    alert_raise(
+        key=circuit_alert_key(name),
+        title=f"{name}: provider calls are failing, its circuit breaker opened",
+        detail=f"{why}. Calls are refused until {retry}, then trial calls probe it. New customer payments are "
+        f"routed to other providers; payouts, refunds and look-ups at {name} wait and are synced later.",
+        action_required=f"Check {name}'s status page and the provider health page (/admin/providers/health/). "
+        "Reset the circuit there only once the provider answers again; the alert resolves when it closes.",
+    )
 
 
 def _breaker_fields(state: BreakerState) -> dict[str, object]:

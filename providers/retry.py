@@ -31,6 +31,7 @@ from django.conf import settings
 from providers import availability
 from providers.base import Declined, ProviderResult, Unknown
 from providers.breaker import CircuitBreaker, breaker_for
+from providers.health import circuit_changed
 
 ProviderCall = Callable[[], ProviderResult]
 AttemptObserver = Callable[[ProviderResult, float], None]  # result, latency in ms
@@ -122,7 +123,7 @@ def call_provider(
         base_delay=float(getattr(settings, "PROVIDER_RETRY_BASE_DELAY_SECONDS", 0.5)),
         max_delay=float(getattr(settings, "PROVIDER_RETRY_MAX_DELAY_SECONDS", 5.0)),
         idempotent=idempotent,
-        breaker=breaker_for(provider),
+        breaker=breaker_for(provider, on_change=circuit_changed),
         on_attempt=observe,
         sleep=sleep,
     )

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from core.alerts import alert_raise
+from core.alerts import alert_raise, alert_resolve
 from core.errors import InvalidStateTransition
 from core.models import Alert
 from escrow.deals.common import Status, deal_get, declined_reason
@@ -163,8 +163,14 @@ def deal_transfer_succeeded(*, deal_id: int, transfer_id: str) -> bool:
         if not moved:
             return False
         post_transfer(deal, transfer_id)
+        if deal.status == Status.TRANSFER_FAILED:  # a retry got through: the out-of-retries alert is dealt with
+            alert_resolve(key=transfer_alert_key(deal.pk), reason=f"transfer {transfer_id} succeeded")
     log.info("escrow.deal.transferred", deal=deal_id, transfer=transfer_id)
     return True
+
+
+def transfer_alert_key(deal_id: int) -> str:
+    return f"escrow:deal:{deal_id}:transfer"
 
 
 def transfer_retry_delay(attempts: int) -> timedelta:
@@ -190,7 +196,7 @@ def deal_transfer_declined(*, deal_id: int, result: Declined) -> bool:
     log.warning("escrow.deal.transfer_declined", deal=deal_id, attempts=attempts, reason=result.reason)
     if last:
         alert_raise(
-            key=f"escrow:deal:{deal.pk}:transfer",
+            key=transfer_alert_key(deal.pk),
             title=f"Escrow deal {deal.pk}: transfer to {deal.seller_account.stripe_account_id} failed {attempts} times",
             detail=fields["failure_reason"],
             action_required="Check the seller's Stripe account, then use 'Retry transfer now' on the deal (admin).",

@@ -3,7 +3,7 @@
 Each needs `monitoring.resolve_reconciliationissue`, locks the issue row, moves its status only along
 `ReconciliationIssue.TRANSITIONS` (else `InvalidStateTransition`) and writes an audit record. A resolved issue
 stays resolved when a rerun finds it again; a reopened one is open until resolved again or a rerun no longer
-finds it (then `fixed`).
+finds it (then `fixed`). Resolving the last open issue of a provider's day resolves that day's staff alert.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
+from core.alerts import alert_resolve
 from core.errors import InvalidRequest, InvalidStateTransition, NotFound
 from core.permissions import require_permission
 from core.services import audit_record
 from monitoring.models import ReconciliationIssue
+from monitoring.reconciliation.running import issues_alert_key
 
 RESOLVE_PERMISSION = "monitoring.resolve_reconciliationissue"
 
@@ -79,6 +81,10 @@ def issue_resolve(*, issue_id: int, actor: AbstractBaseUser, note: str) -> Recon
     issue.save(update_fields=["status", "resolution_note", "resolved_by", "resolved_at", "updated_at"])
     audit_record(actor=actor, action="monitoring.reconciliation_issue.resolve", obj=issue, before=before,
                  after={"status": issue.status, "note": issue.resolution_note})  # fmt: skip
+    day_issues = ReconciliationIssue.objects.filter(provider=issue.provider, date=issue.date)
+    if not day_issues.filter(status=ReconciliationIssue.Status.OPEN).exists():
+        reason = f"{actor.get_username()} resolved the last open issue"
+        alert_resolve(key=issues_alert_key(issue.provider, issue.date), reason=reason)
     return issue
 
 

@@ -3,8 +3,11 @@
 A run takes the processing lock `reconciliation:{provider}:{day}` (two runs of one day never overlap), records
 a `ReconciliationRun`, stages the provider report and our records, compares them with the ledger in one
 transaction, and deletes its staging rows when it ends, even on failure. A failed run is marked `failed` with
-its error and the error re-raised. A run that leaves open issues for the day raises the one staff alert
-`reconciliation:{provider}:{day}`. The day may not be in the future.
+its error and the error re-raised. The day may not be in the future.
+
+Staff alerts: a run that leaves open issues for the day raises the one alert `reconciliation:{provider}:{day}`;
+it resolves itself when a rerun leaves none open or staff resolve the last one (issues.py). A failed run raises
+`reconciliation:{provider}:{day}:failed`, resolved by the next run of that day that succeeds.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
-from core.alerts import alert_raise
+from core.alerts import alert_raise, alert_resolve
 from core.errors import InvalidRequest
 from core.locks import processing_lock
 from core.permissions import require_permission
@@ -83,6 +86,7 @@ def reconciliation_run(
                 status=ReconciliationRun.Status.FAILED, finished_at=timezone.now(), error=str(error)[:2_000]
             )
             log.exception("reconciliation.failed", provider=provider, date=str(day), run=run.pk)
+            _alert_failed(run, error)
             raise
         finally:
             ReconciliationProviderRow.objects.filter(run_id=run.pk).delete()
@@ -110,12 +114,29 @@ def _reconcile(
     ReconciliationRun.objects.filter(pk=run.pk).update(summary=run.summary)
 
 
+def issues_alert_key(provider: str, day: date) -> str:
+    return f"reconciliation:{provider}:{day}"
+
+
+def _alert_failed(run: ReconciliationRun, error: Exception) -> None:
+    alert_raise(
+        key=f"{issues_alert_key(run.provider, run.date)}:failed",
+        title=f"Reconciliation of {run.provider} for {run.date} failed",
+        detail=f"Run #{run.pk} stopped: {error}"[:2_000],
+        action_required=f"Check the run in /admin/monitoring/reconciliationrun/{run.pk}/change/, fix the cause "
+        f"(the provider's report, the database), then run it again: manage.py reconcile_daily "
+        f"--date {run.date} --provider {run.provider}.",
+    )
+
+
 def _alert_if_open(run: ReconciliationRun) -> None:
+    alert_resolve(key=f"{issues_alert_key(run.provider, run.date)}:failed", reason=f"run #{run.pk} succeeded")
     open_count = run.summary.get("issues_by_status", {}).get(ReconciliationIssue.Status.OPEN, 0)
     if not open_count:
+        alert_resolve(key=issues_alert_key(run.provider, run.date), reason=f"run #{run.pk} found no open issue")
         return
     alert_raise(
-        key=f"reconciliation:{run.provider}:{run.date}",
+        key=issues_alert_key(run.provider, run.date),
         title=f"{open_count} open reconciliation issue(s) for {run.provider} on {run.date}",
         detail=f"Run #{run.pk}: {run.issue_count} mismatch(es), {run.new_issue_count} new, "
         f"{run.matched_count} matched.",

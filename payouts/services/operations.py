@@ -37,6 +37,7 @@ from payouts.models import (
     PayoutBatch,
     PayoutItem,
 )
+from payouts.services.alerts import batch_denied_alert
 from payouts.services.track import batch_progress, item_apply_status
 from providers.base import Absent, Declined, LookupResult, Pending, ProviderResult, Succeeded, Unknown, found_failed
 from providers.models import MoneyMovement
@@ -112,6 +113,7 @@ class PayPalBatchCreate(Operation):
             new_items = PayoutItem.objects.filter(batch_id=batch_id, status=PayoutItem.Status.NEW)
             for item_pk in new_items.values_list("pk", flat=True):
                 item_apply_status(item_pk=item_pk, status=PayoutItem.Status.DENIED, error=reason)
+            batch_denied_alert(batch_id=batch_id, reason=reason)
         return None
 
     def on_unknown(self, movement: MoneyMovement, reason: str) -> None:

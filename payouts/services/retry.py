@@ -7,7 +7,8 @@ Invariants kept:
 - an item left UNCLAIMED for settings.PAYOUT_UNCLAIMED_CANCEL_AFTER_DAYS is cancelled through the protocol
   (payout.cancel_unclaimed), by staff or by the beat job `items_cancel_unclaimed_due`: one intent at a time per
   item; a new attempt (a new key) only after a known decline, and the job waits CANCEL_RETRY_AFTER for it;
-- a cancelled item turns RETURNED and its hold is voided (track.py); nothing else is posted here.
+- a cancelled item turns RETURNED and its hold is voided (track.py); nothing else is posted here;
+- a retry batch deals with its batch's `denied` and `unpaid` staff alerts: they resolve (payouts.services.alerts).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from core.money import Money
 from core.permissions import require_permission
 from core.services import audit_record
 from payouts.models import OPERATION_CANCEL_UNCLAIMED, PayoutBatch, PayoutItem, WinnerSelection
+from payouts.services.alerts import batch_alerts_resolve_retried
 from payouts.services.operations import cancel_key_base
 from payouts.services.prepare import batch_get, batches_prepare, unpaid_selections
 from providers.models import MoneyMovement
@@ -51,7 +53,9 @@ def batch_retry_failed(*, batch_id: int, actor: AbstractBaseUser) -> list[Payout
                 user_message="Every winner of this batch is paid or already being paid again.",
                 action_required="Nothing to retry.",
             )
-        return batches_prepare(batch.cycle, selections, actor, retry_of=batch)
+        retries = batches_prepare(batch.cycle, selections, actor, retry_of=batch)
+    batch_alerts_resolve_retried(batch_id=batch.pk)
+    return retries
 
 
 # --- unclaimed items ----------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Invariants kept:
 - item statuses only move forward (PayoutItem.TRANSITIONS): an old or repeated status changes nothing, so
   webhooks and polling may arrive in any order and any number of times;
-- the ledger moves with the item, in the same transaction (table below);
+- the ledger moves with the item, in the same transaction (table below), and so does the batch's staff alert
+  when the item ends unpaid or its money comes back (payouts.services.alerts);
 - following is a read (PayPal batch and item GETs), never a money call: what was sent, and whether it took
   effect, is the money movement's (providers.protocol), so a `submitting` batch is never asked about here;
 - a PayPal batch is followed while `submitted`, and after it `completed` while any item is PENDING, UNCLAIMED
@@ -40,6 +41,7 @@ from ledger.services import hold_post, hold_void
 from ledger.services import transaction_reverse as ledger_reverse
 from payouts.models import PayoutBatch, PayoutItem
 from payouts.selectors import batch_movements
+from payouts.services.alerts import item_alert
 from payouts.services.prepare import batch_get
 from providers.base import Succeeded
 from providers.models import MoneyMovement
@@ -73,6 +75,7 @@ def item_apply_status(*, item_pk: int, status: str, provider_item_id: str = "", 
         item.provider_item_id = provider_item_id or item.provider_item_id
         item.save(update_fields=["status", "error", "provider_item_id", "updated_at"])
         _ledger_follow(item, was_paid)
+        item_alert(item)
     return True
 
 

@@ -30,7 +30,7 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import connection, transaction
 from django.utils import timezone
 
-from core.alerts import alert_raise
+from core.alerts import alert_raise, alert_resolve
 from core.errors import NotFound
 from core.models import Alert
 from core.money import Money
@@ -243,6 +243,8 @@ def _finish(
     row.status = target
     hook = recipe.on_succeeded if isinstance(result, Succeeded) else recipe.on_declined
     follow_ups = list(hook(row, result) or ())  # type: ignore[arg-type]
+    if row.escalated_at is not None:  # found out at last (staff's "Sync now", a webhook): the cause is gone
+        alert_resolve(key=escalation_key(row), reason=f"the movement {target}")
     log.info("movement.finished", operation=row.operation, key=row.key, status=target)
     return follow_ups
 
@@ -277,11 +279,15 @@ def _next_sync(row: MoneyMovement, recipe: Operation, reason: str, now: Any) -> 
     return {"next_sync_at": None, "escalated_at": now}
 
 
+def escalation_key(row: MoneyMovement) -> str:
+    return f"movement:{row.key}"
+
+
 def movement_escalate(row: MoneyMovement, recipe: Operation, reason: str) -> Alert:
-    """The one escalation: a staff alert per movement, never a silent log line."""
+    """The one escalation: a staff alert per movement, never a silent log line; resolved when it finishes."""
     amount = f" of {Money(row.amount_minor, row.currency)}" if row.currency else ""
     return alert_raise(
-        key=f"movement:{row.key}",
+        key=escalation_key(row),
         title=f"{row.operation}{amount}: still {row.status} at {row.provider} after {row.sync_attempts} checks",
         detail=f"Money movement {row.pk} (key {row.key}, subject {row.subject_id}): {reason}",
         action_required=recipe.escalation_action(row),
