@@ -1,14 +1,17 @@
-"""`manage.py demo`: migrate, seed, run a money lifecycle, then serve the admin (or smoke-check it).
+"""`manage.py demo`: migrate, seed, run the money lifecycles, then serve the admin (or smoke-check it).
 
 Runs on whatever DATABASE_URL says; `make demo` points it at a SQLite file with
 no Redis. Seeding is idempotent; each run adds one more lifecycle with its own
 references, so re-running shows new activity without double-posting the seed.
+The payout cycle and the e-wallet payments live in monitoring.demo; the analytics
+rollup runs last, so the dashboard's charts have figures at once.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -19,6 +22,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.test import Client
 from django.utils import timezone
 
+from analytics.models import DailyStatusSummary, Kind
+from analytics.services import rollup_recent
 from core.errors import AppError
 from core.money import Money
 from core.roles import roles_sync
@@ -38,8 +43,12 @@ from ledger.services import (
     transaction_post,
     transaction_reverse,
 )
+from monitoring.demo.payouts import PayoutDemo, run_payout_cycle
+from monitoring.demo.wallets import run_wallet_payments
+from monitoring.demo.webhooks import WebhookReceiver
 from monitoring.reconciliation import reconciliation_run
 from providers.accounts import account_code, chart_accounts
+from providers.models import Payment, WebhookEvent
 from providers.payments import payment_initiate, refund_request
 from providers.routing import Choice
 from providers.sandbox import stripe as stripe_sandbox
@@ -65,18 +74,26 @@ class Command(BaseCommand):
         parser.add_argument("--addrport", default="127.0.0.1:8000")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # Celery runs tasks eagerly here and logs each run (and the in-memory broker's missing host): the demo
+        # prints what they did instead.
+        logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
+        logging.getLogger("kombu.connection").setLevel(logging.ERROR)
         call_command("migrate", interactive=False, verbosity=0)
         password = self.ensure_admin()
         self.seed()
-        run_id = timezone.now().strftime("%Y%m%d%H%M%S%f")
+        started_at = timezone.now()
+        run_id = started_at.strftime("%Y%m%d%H%M%S%f")
         self.run_lifecycle(run_id=run_id)
         self.start_sandbox()
         self.run_payments(run_id=run_id)
         self.run_escrow(run_id=run_id)
         self.run_purchases(run_id=run_id)
+        self.run_payouts_and_wallets(run_id=run_id, started_at=started_at)
         self.run_reconciliation()
+        self.run_analytics()
         self.print_balances()
         self.check_ledger()
+        self.print_created()
         if options["smoke"]:
             self.smoke_check(password)
             self.stdout.write(self.style.SUCCESS("demo smoke run passed"))
@@ -272,6 +289,37 @@ class Command(BaseCommand):
         except AppError as error:
             self.stdout.write(f"refused as expected: {error.user_message} {error.action_required}")
 
+    def run_payouts_and_wallets(self, run_id: str, started_at: datetime) -> None:
+        """A PayPal payout cycle and Maya/GCash payments, settled by the sandbox's webhooks (monitoring.demo)."""
+        say = self.stdout.write
+        with WebhookReceiver(self.sandbox) as webhooks:
+            self.payout: PayoutDemo = run_payout_cycle(run_id=run_id, sandbox=self.sandbox, webhooks=webhooks, say=say)
+            self.wallet_payments: list[Payment] = run_wallet_payments(
+                run_id=run_id, buyer_username="carmen", sandbox=self.sandbox, webhooks=webhooks, say=say
+            )
+        events = WebhookEvent.objects.filter(created_at__gte=started_at)
+        counts = {status: events.filter(status=status).count() for status in WebhookEvent.Status.values}
+        self.webhook_counts = ", ".join(f"{count} {status}" for status, count in counts.items() if count) or "none"
+        say(f"sandbox webhooks: {self.webhook_counts}")
+        settled = (WebhookEvent.Status.PROCESSED, WebhookEvent.Status.IGNORED)
+        if any(count for status, count in counts.items() if status not in settled):
+            raise CommandError(
+                f"sandbox webhooks not all processed ({self.webhook_counts}): /admin/providers/webhookevent/"
+            )
+
+    def run_analytics(self) -> None:
+        """Roll today and yesterday up into the summary tables the dashboard's charts read."""
+        result = rollup_recent(days=2)
+        rolled = DailyStatusSummary.objects.filter(day__range=(result.first, result.last))
+        kinds = set(rolled.values_list("kind", flat=True))
+        self.stdout.write(
+            f"analytics rollup {result.first}..{result.last}: {result.status_rows} summary rows, "
+            f"{result.reason_rows} failure-reason rows; kinds: {', '.join(sorted(kinds))}"
+        )
+        missing = {Kind.PAYMENT, Kind.PAYMENT_ATTEMPT, Kind.PAYOUT, Kind.PAYOUT_BATCH} - kinds
+        if missing:
+            raise CommandError(f"the analytics rollup has no figures for {sorted(missing)}")
+
     def run_reconciliation(self) -> None:
         """Today's Stripe movements: our ledger vs the sandbox's balance transactions vs our records."""
         run = reconciliation_run(day=timezone.now().date(), provider="stripe", trigger="command")
@@ -294,6 +342,25 @@ class Command(BaseCommand):
             raise CommandError(f"ledger check found {len(report.findings)} problem(s)")
         self.stdout.write(self.style.SUCCESS("ledger check: balanced, no drift"))
 
+    def print_created(self) -> None:
+        """What this run added, and where to find it in the admin."""
+        batch, write = self.payout.batch, self.stdout.write
+        total = Money(batch.total_minor, batch.currency)
+        write("\nthis run created (sign in to the admin to look):")
+        write(f"  payout batch #{batch.pk} {batch.sender_batch_id} (PayPal {batch.provider_batch_id}): {batch.status}")
+        write(f"    {total} in {batch.item_count} items; {self.payout.approval}")
+        for receiver, status in self.payout.items.items():
+            write(f"    {receiver:<28} {status}")
+        write(f"    /admin/payouts/payoutbatch/{batch.pk}/change/")
+        write(f"    /admin/payouts/payoutitem/?batch__id__exact={batch.pk}")
+        write("  e-wallet payments, PHP (/admin/providers/payment/):")
+        for payment in self.wallet_payments:
+            amount = Money(payment.amount_minor, payment.currency).format()
+            tried = " then ".join(payment.attempts.order_by("pk").values_list("provider", flat=True))
+            write(f"    #{payment.pk} {payment.reference} {amount:>10} {payment.status:<9} (tried {tried})")
+        write(f"  sandbox webhooks received: {self.webhook_counts}  /admin/providers/webhookevent/")
+        write("  alerts for the returned payout: /admin/core/alert/")
+
     def smoke_check(self, password: str) -> None:
         client = Client()
         if not client.login(username=ADMIN_USERNAME, password=password):
@@ -308,6 +375,13 @@ class Command(BaseCommand):
             "/admin/monitoring/reconciliationrun/",
             "/admin/monitoring/reconciliationissue/",
             "/admin/core/alert/",
+            "/admin/payouts/payoutcycle/",
+            "/admin/payouts/payoutbatch/",
+            f"/admin/payouts/payoutbatch/{self.payout.batch.pk}/change/",
+            "/admin/payouts/payoutitem/",
+            "/admin/providers/payment/",
+            f"/admin/providers/payment/{self.wallet_payments[-1].pk}/change/",
+            "/admin/providers/webhookevent/",
             "/api/schema/",
         ):
             status = client.get(url).status_code
