@@ -4,11 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export DATABASE_URL_TEST ?= postgres://postgres@127.0.0.1:5432/backoffice
 export REDIS_URL_TEST ?= redis://127.0.0.1:6379/15
+# pytest-xdist workers for make test: each has its own database and Redis database (tests/settings.py).
+TEST_WORKERS ?= 2
 DEMO_DB := var/demo.sqlite3
 SQLITE_TESTS := tests/core tests/ledger/test_services.py tests/ledger/test_api.py tests/ledger/test_admin.py \
 	tests/escrow/test_limits.py
 
-.PHONY: demo demo-smoke test test-protocol lint install install-dev bench bench-reconcile
+.PHONY: demo demo-smoke test test-protocol lint install install-dev bench bench-reconcile browser-deps test-browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,15 +41,24 @@ lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: install-dev
+test: install-dev browser-deps
 	DATABASE_URL=$(DATABASE_URL_TEST) REDIS_URL=$(REDIS_URL_TEST) $(PY) scripts/check_services.py
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	DATABASE_URL=$(DATABASE_URL_TEST) REDIS_URL=$(REDIS_URL_TEST) $(PY) manage.py makemigrations --check --dry-run
-	DATABASE_URL=$(DATABASE_URL_TEST) REDIS_URL=$(REDIS_URL_TEST) $(PY) -m pytest -m "not fault_matrix" $(PYTEST_ARGS)
+	DATABASE_URL=$(DATABASE_URL_TEST) REDIS_URL=$(REDIS_URL_TEST) $(PY) -m pytest -n $(TEST_WORKERS) -m "not fault_matrix" $(PYTEST_ARGS)
 	# The embedded default (SQLite, no Redis) posts through the Python writer: keep it honest too.
 	rm -f var/test-sqlite.sqlite3 && mkdir -p var
 	DATABASE_URL=sqlite:///$(CURDIR)/var/test-sqlite.sqlite3 REDIS_URL= $(PY) -m pytest -q $(SQLITE_TESTS)
+
+# Debian's chromium, which the dashboard's browser test drives with Playwright (tests marked `browser`; Playwright
+# never downloads a browser of its own). Installs only when missing; needs root, as apt-get does.
+browser-deps:
+	@test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium)
+
+# Only the browser tests (also part of make test): the dashboard seen by a finance operator; screenshot in var/artifacts/.
+test-browser: install-dev browser-deps
+	DATABASE_URL=$(DATABASE_URL_TEST) REDIS_URL=$(REDIS_URL_TEST) $(PY) -m pytest -m browser $(PYTEST_ARGS)
 
 # The protocol's fault matrix: every money-moving operation against every fault sequence (about 2 minutes).
 test-protocol: install-dev

@@ -33,17 +33,20 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "django_celery_beat",
+    "import_export",
     "core",
     "ledger",
     "providers",
     "payouts",
     "escrow",
     "monitoring",
+    "analytics",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "core.middleware.RequestContextMiddleware",
+    "core.middleware.RefuseControlCharactersMiddleware",  # before anything reads the path or query string
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -123,6 +126,15 @@ CELERY_BEAT_SCHEDULE = {
     "escrow-time-out-purchases": {"task": "escrow.time_out_purchases", "schedule": crontab()},  # every minute
     "escrow-apply-deal-timeouts": {"task": "escrow.apply_deal_timeouts", "schedule": crontab()},  # every minute
     "escrow-retry-deal-transfers": {"task": "escrow.retry_deal_transfers", "schedule": crontab(minute=7)},  # hourly
+    # Stale processing locks and money movements unknown for too long raise alerts (monitoring.checks).
+    "monitoring-check-stuck-work": {"task": "monitoring.check_stuck_work", "schedule": crontab(minute="*/5")},
+    # Summary tables for the dashboard: today and yesterday often, the last weeks nightly (late outcomes).
+    "analytics-roll-up-recent-days": {"task": "analytics.roll_up_recent_days", "schedule": crontab(minute="*/10")},
+    "analytics-roll-up-settling-days": {
+        "task": "analytics.roll_up_recent_days",
+        "schedule": crontab(hour=3, minute=10),
+        "kwargs": {"days": env.int("ANALYTICS_SETTLE_DAYS", default=35)},
+    },
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -148,8 +160,11 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "core.schema.ApiSchema",
     "EXCEPTION_HANDLER": "core.api.exception_handler",
+    # JSON only (amounts are JSON integers; a form cannot tell 12 from "12"), within DATA_UPLOAD_MAX_MEMORY_SIZE
+    # (413) and a sane nesting depth (400); any other body type is a 415.
+    "DEFAULT_PARSER_CLASSES": ["core.parsers.JSONBodyParser"],
     "DEFAULT_PAGINATION_CLASS": "core.api.BoundedPagination",
     "PAGE_SIZE": 100,
 }
@@ -163,6 +178,7 @@ SPECTACULAR_SETTINGS = {
         "StatusEnum": "providers.models.Payment.Status",
         "PayoutBatchStatusEnum": "payouts.models.PayoutBatch.Status",
         "PayoutItemStatusEnum": "payouts.models.PayoutItem.Status",
+        "AnalyticsKindEnum": "analytics.models.Kind",
     },
 }
 
@@ -184,6 +200,17 @@ RECONCILIATION_PROVIDERS = env.list("RECONCILIATION_PROVIDERS", default=["stripe
 RECONCILIATION_RECORD_SLACK_HOURS = env.int("RECONCILIATION_RECORD_SLACK_HOURS", default=24)
 RECONCILIATION_STAGE_BATCH = env.int("RECONCILIATION_STAGE_BATCH", default=5_000)  # rows per staging insert
 
+# --- The status dashboard (the admin index): how often its sections, and its charts, refresh themselves.
+DASHBOARD_POLL_SECONDS = env.int("DASHBOARD_POLL_SECONDS", default=5)
+DASHBOARD_CHART_POLL_SECONDS = env.int("DASHBOARD_CHART_POLL_SECONDS", default=60)
+
+# --- Analytics (analytics/): summary tables rolled up by beat; see CELERY_BEAT_SCHEDULE.
+ANALYTICS_RECENT_DAYS = env.int("ANALYTICS_RECENT_DAYS", default=2)  # each frequent run: today and yesterday
+ANALYTICS_ROLLUP_CHUNK_DAYS = env.int("ANALYTICS_ROLLUP_CHUNK_DAYS", default=31)  # days per transaction
+# CSV export from the admin changelists (django-import-export): staff with the model's view permission.
+IMPORT_EXPORT_EXPORT_PERMISSION_CODE = "view"
+ADMIN_EXPORT_MAX_ROWS = env.int("ADMIN_EXPORT_MAX_ROWS", default=100_000)  # one file is built in memory
+
 # --- Money. The largest amount one movement may carry, in major units of its currency (core.money).
 MONEY_MAX_MAJOR_UNITS = env.int("MONEY_MAX_MAJOR_UNITS", default=99_999_999)
 
@@ -202,6 +229,8 @@ PROVIDER_TIMEOUT_SECONDS = env.float("PROVIDER_TIMEOUT_SECONDS", default=10.0)
 PROTOCOL_CLAIM_SECONDS = env.int("PROTOCOL_CLAIM_SECONDS", default=120)
 # Escrow deals (escrow/deals/). Releases above this amount (minor units) need a second staff user's approval.
 ESCROW_APPROVAL_THRESHOLD_MINOR = env.int("ESCROW_APPROVAL_THRESHOLD_MINOR", default=1_000_000)
+# A deal's deadline is at most this far ahead when it is opened (a later one is a 400): money is not held for years.
+ESCROW_DEADLINE_MAX = timedelta(days=env.int("ESCROW_DEADLINE_MAX_DAYS", default=365))
 # A held deal's timeout policy applies this long after its deadline.
 ESCROW_TIMEOUT_GRACE = timedelta(seconds=env.int("ESCROW_TIMEOUT_GRACE_SECONDS", default=15 * 60))
 # The timeout job's circuit breaker: past either limit a run stops and raises a staff alert.
@@ -229,6 +258,20 @@ MAYA_PUBLIC_KEY = env.str("MAYA_PUBLIC_KEY", default="pk-maya-sandbox")
 MAYA_SECRET_KEY = env.str("MAYA_SECRET_KEY", default="sk-maya-sandbox")
 MAYA_WEBHOOK_SECRET = env.str("MAYA_WEBHOOK_SECRET", default="maya-webhook-sandbox")
 MAYA_API_BASE = env.str("MAYA_API_BASE", default="https://pg-sandbox.paymaya.com")
+
+# --- Alerts (core.alerts; what each means: docs/runbook.md). Mail goes through Django's email backend, set by
+# EMAIL_URL (django-environ: consolemail:// prints it, smtp+tls://user:password@host:587 sends it).
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)  # seconds: a slow mail server must not hold a worker
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="backoffice@localhost")
+# Alerts go to the active Finance operators and approvers with an email address, and to these addresses.
+ALERT_EMAILS = env.list("ALERT_EMAILS", default=[])
+# A warning whose cause comes back within this many minutes of its last resolution is not emailed again.
+ALERT_WARNING_REOPEN_QUIET_MINUTES = env.int("ALERT_WARNING_REOPEN_QUIET_MINUTES", default=60)
+# A money movement whose outcome has been unknown this long raises its provider's alert (and fails diagnose).
+ALERT_UNKNOWN_AFTER_MINUTES = env.int("ALERT_UNKNOWN_AFTER_MINUTES", default=60)
+# Where staff open the admin: links in alert emails.
+BACKOFFICE_URL = env.str("BACKOFFICE_URL", default="http://127.0.0.1:8000")
 
 LOGGING = {
     "version": 1,

@@ -7,6 +7,7 @@ from providers.views_health import PaymentsHealthView
 
 urlpatterns = [
     path("admin/providers/health/", include("providers.urls_admin")),
+    path("admin/", include("monitoring.urls_admin")),  # the dashboard: the admin index and its polled sections
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
@@ -16,8 +17,10 @@ urlpatterns = [
     path("api/v1/spend-limits/", include("escrow.api.limits")),
     path("api/v1/escrow/", include("escrow.api.deal_urls")),
     path("api/v1/purchases/", include("escrow.api.purchases")),
+    path("api/v1/analytics/", include("analytics.api")),
     path("api/health/payments", PaymentsHealthView.as_view(), name="health-payments"),
     path("webhooks/<str:provider>/", webhook_view, name="webhook"),
 ]
 
+handler400 = "core.api.bad_request"
 handler404 = "core.api.not_found"

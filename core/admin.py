@@ -1,5 +1,5 @@
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from django import forms
 from django.contrib import admin, messages
@@ -11,8 +11,11 @@ from django.urls import reverse
 
 from core.alerts import alert_close
 from core.errors import AppError
+from core.exports import CsvExportMixin
 from core.locks import lock_release_by_staff
 from core.models import Alert, AuditLog, ProcessingLock
+from core.money import MoneyError, money_in_bounds, validate_currency
+from core.resources import AuditLogResource
 
 MOVES_MONEY = "This moves money or signs it off, and is recorded in the audit log under your name."
 
@@ -52,6 +55,41 @@ def action_confirmed(request: HttpRequest) -> bool:
     return request.POST.get("post") == "yes"
 
 
+class AmountsInBoundsForm(forms.ModelForm):
+    """An admin form whose amounts are held to the one rule of core.money (money_in_bounds): integer minor units
+    above zero (or zero, with `zero_allowed`) and at most the configured maximum of their currency, so no
+    configuration can carry an amount no movement may have, nor reach a database integer range error.
+
+    `amount_fields` maps each amount field to the field holding its currency; an empty amount is left to the
+    model (a nullable cap). Each problem is a form error on its field."""
+
+    amount_fields: ClassVar[dict[str, str]] = {}
+    zero_allowed: ClassVar[bool] = False
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        for amount_field, currency_field in self.amount_fields.items():
+            if currency_field not in self.fields:  # shown read-only: the row's own
+                currency = getattr(self.instance, currency_field, None)
+            elif currency_field not in cleaned:  # refused already, with its own error
+                continue
+            else:
+                currency = cleaned[currency_field]
+                try:
+                    validate_currency(currency)
+                except MoneyError as error:
+                    self.add_error(currency_field, str(error))
+                    continue
+            minor = cleaned.get(amount_field)
+            if amount_field not in self.fields or minor is None:
+                continue
+            try:
+                money_in_bounds(minor, currency, allow_zero=self.zero_allowed)
+            except MoneyError as error:
+                self.add_error(amount_field, str(error))
+        return cleaned
+
+
 class ReadOnlyInline(admin.TabularInline):
     """Child rows that only services write, listed read-only on their parent's page (every field shown)."""
 
@@ -86,7 +124,8 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditLog)
-class AuditLogAdmin(ReadOnlyAdmin):
+class AuditLogAdmin(CsvExportMixin, ReadOnlyAdmin):
+    resource_classes = (AuditLogResource,)
     list_display = ("created_at", "actor_repr", "action", "object_type", "object_id", "ip", "request_id")
     list_filter = ("action", "object_type")
     search_fields = ("actor_repr", "object_id", "request_id", "action")

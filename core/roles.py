@@ -15,12 +15,13 @@ VIEW = [
     "core.view_auditlog", "core.view_processinglock",
     "ledger.view_account", "ledger.view_transaction", "ledger.view_entry", "ledger.view_hold",
     "providers.view_webhookevent", "providers.view_payment", "providers.view_refund", "providers.view_routingdecision",
-    "providers.view_paymentmethod", "providers.view_feerule",
+    "providers.view_paymentmethod", "providers.view_feerule", "providers.view_moneymovement",
     "payouts.view_payoutcycle", "payouts.view_winnerselection", "payouts.view_payoutbatch", "payouts.view_payoutitem",
     "core.view_alert", "escrow.view_spendlimit", "escrow.view_spendcounter", "escrow.view_spendreservation",
     "escrow.view_escrowdeal", "escrow.view_selleraccount", "escrow.view_commissiontier",
     "monitoring.view_reconciliationrun", "monitoring.view_reconciliationissue",
     "escrow.view_purchase", "escrow.view_purchaserefund", "escrow.view_purchasableservice", "escrow.view_serviceprice",
+    "analytics.view_dailystatussummary", "analytics.view_dailyfailurereason",
 ]  # fmt: skip
 
 ROLES: dict[str, list[str]] = {
@@ -31,6 +32,7 @@ ROLES: dict[str, list[str]] = {
         "payouts.execute_payoutbatch",
         "payouts.add_winnerselection",
         "providers.reprocess_webhookevent",
+        "providers.sync_moneymovement",
         "core.release_processinglock",
         "monitoring.run_reconciliation",
         "monitoring.resolve_reconciliationissue",

@@ -21,6 +21,7 @@ from django.utils.html import format_html_join
 
 from core.admin import ReadOnlyAdmin, action_confirmed, action_page
 from core.errors import AppError
+from core.exports import CsvExportMixin
 from core.money import Money
 from monitoring.models import ReconciliationIssue, ReconciliationRun
 from monitoring.reconciliation import (
@@ -32,6 +33,7 @@ from monitoring.reconciliation import (
     issue_resolve,
     reconciliation_run,
 )
+from monitoring.resources import ReconciliationIssueResource
 
 
 def _money(minor: int | None, currency: str) -> str:
@@ -136,7 +138,8 @@ class AssigneeFilter(admin.SimpleListFilter):
 
 
 @admin.register(ReconciliationIssue)
-class ReconciliationIssueAdmin(ReadOnlyAdmin):
+class ReconciliationIssueAdmin(CsvExportMixin, ReadOnlyAdmin):
+    resource_classes = (ReconciliationIssueResource,)
     list_display = ("date", "kind", "provider", "provider_reference", "currency", "ledger", "at_provider",
                     "in_records", "record_status", "status", "assignee")  # fmt: skip
     list_filter = ("status", "kind", "provider", AssigneeFilter, "date")

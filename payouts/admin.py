@@ -28,8 +28,11 @@ from django.utils.safestring import SafeString
 
 from core.admin import ReadOnlyAdmin, ReadOnlyInline, action_confirmed, action_page
 from core.errors import AppError
-from core.money import Money, MoneyError
+from core.exports import CsvExportMixin
+from core.labels import help_column, label_of, status_column
+from core.money import Money, MoneyError, money_in_bounds
 from payouts.models import PayoutBatch, PayoutCycle, PayoutItem, RecipientType, WinnerSelection
+from payouts.resources import PayoutItemResource
 from payouts.selectors import StatusProgress, movement_status_by_batch, progress_by_batch
 from payouts.services import (
     batch_approve,
@@ -58,9 +61,10 @@ def _link(viewname: str, pk: int, text: object) -> str:
 # --- reads shared with payouts.api (they belong in payouts/selectors.py) ----------------
 
 
-def progress_text(progress: Sequence[StatusProgress], currency: str) -> str:
-    """E.g. "PENDING 3 · $900.00, SUCCESS 1 · $100.00" (statuses in PayoutItem.Status order)."""
-    return ", ".join(f"{p.status} {p.count} · {_money(p.amount_minor, currency)}" for p in progress) or "-"
+def progress_text(progress: Sequence[StatusProgress], currency: str, provider: str = "") -> str:
+    """E.g. "Sent to PayPal 3 · $900.00, Paid 1 · $100.00" (statuses in PayoutItem.Status order, core.labels)."""
+    label = partial(label_of, "payouts.payoutitem", provider=provider)
+    return ", ".join(f"{label(p.status)} {p.count} · {_money(p.amount_minor, currency)}" for p in progress) or "-"
 
 
 # --- reporting service calls ------------------------------------------------------------
@@ -107,7 +111,7 @@ class BatchInline(ReadOnlyInline):
 
     @admin.display(description="Progress")
     def progress(self, batch: PayoutBatch) -> str:
-        return progress_text(progress_by_batch([batch.pk]).get(batch.pk, []), batch.currency)
+        return progress_text(progress_by_batch([batch.pk]).get(batch.pk, []), batch.currency, batch.provider)
 
 
 @admin.register(PayoutCycle)
@@ -215,10 +219,14 @@ def _field_problems(values: dict[str, str]) -> tuple[Money | None, list[str]]:
     amount = None
     try:
         amount = Money.parse(values["amount"], values["currency"])
+        money_in_bounds(amount.minor, amount.currency)  # the one rule for every amount from outside
     except MoneyError as error:
-        problems.append(str(error))
-    if amount is not None and amount.minor <= 0:
-        problems.append(f"amount {values['amount']!r} must be more than zero")
+        if amount is None:
+            problems.append(str(error))
+        elif amount.minor <= 0:
+            problems.append(f"amount {values['amount']!r} must be more than zero")
+        else:
+            problems.append(f"amount {values['amount']!r}: {error}")
     if values["recipient_type"] not in RecipientType.values:
         problems.append(f"recipient_type {values['recipient_type']!r} is not one of {', '.join(RecipientType.values)}")
     if not problems and amount is not None:  # then what prepare itself checks (the recipient's format)
@@ -394,7 +402,7 @@ class WinnerSelectionAdmin(ServiceActionsMixin, ReadOnlyAdmin):
 
 @admin.register(PayoutBatch)
 class PayoutBatchAdmin(ServiceActionsMixin, ReadOnlyAdmin):
-    list_display = ("sender_batch_id", "cycle", "provider", "status", "provider_call", "total", "item_count",
+    list_display = ("sender_batch_id", "cycle", "provider", status_column, "provider_call", "total", "item_count",
                     "progress", "prepared_by", "approved_by", "created_at")  # fmt: skip
     list_filter = ("status", "provider", "currency", "cycle")
     list_select_related = ("cycle", "prepared_by", "approved_by")
@@ -422,7 +430,7 @@ class PayoutBatchAdmin(ServiceActionsMixin, ReadOnlyAdmin):
         progress = getattr(batch, "page_progress", None)
         if progress is None:
             progress = progress_by_batch([batch.pk]).get(batch.pk, [])
-        return progress_text(progress, batch.currency)
+        return progress_text(progress, batch.currency, batch.provider)
 
     @admin.display(description="Provider call")
     def provider_call(self, batch: PayoutBatch) -> str:
@@ -430,7 +438,7 @@ class PayoutBatchAdmin(ServiceActionsMixin, ReadOnlyAdmin):
         call = getattr(batch, "page_provider_call", None)
         if call is None:
             call = movement_status_by_batch([batch.pk]).get(batch.pk, "")
-        return call or "-"
+        return label_of("providers.moneymovement", call, provider=batch.provider) if call else "-"
 
     @admin.display(description="Items")
     def items(self, batch: PayoutBatch) -> SafeString:
@@ -497,7 +505,8 @@ class PayoutBatchAdmin(ServiceActionsMixin, ReadOnlyAdmin):
                 request, batch.sender_batch_id, partial(batch_movements_sync, batch_id=batch.pk, actor=request.user)
             )
             if synced is not None:
-                progress = progress_text(progress_by_batch([synced.pk]).get(synced.pk, []), synced.currency)
+                found = progress_by_batch([synced.pk]).get(synced.pk, [])
+                progress = progress_text(found, synced.currency, synced.provider)
                 self.message_user(request, f"{synced.sender_batch_id}: {synced.status}; {progress}.", messages.SUCCESS)
 
 
@@ -505,9 +514,10 @@ class PayoutBatchAdmin(ServiceActionsMixin, ReadOnlyAdmin):
 
 
 @admin.register(PayoutItem)
-class PayoutItemAdmin(ServiceActionsMixin, ReadOnlyAdmin):
-    list_display = ("sender_item_id", "batch", "recipient_type", "receiver", "amount", "status", "provider_item_id",
-                    "error", "updated_at")  # fmt: skip
+class PayoutItemAdmin(CsvExportMixin, ServiceActionsMixin, ReadOnlyAdmin):
+    resource_classes = (PayoutItemResource,)
+    list_display = ("sender_item_id", "batch", "recipient_type", "receiver", "amount", status_column, help_column,
+                    "provider_item_id", "updated_at")  # fmt: skip
     list_filter = ("status", "batch", "recipient_type")
     list_select_related = ("batch",)
     search_fields = ("=sender_item_id", "receiver", "=provider_item_id")

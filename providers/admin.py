@@ -5,8 +5,10 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
-from core.admin import ReadOnlyAdmin
+from core.admin import AmountsInBoundsForm, ReadOnlyAdmin
 from core.errors import AppError
+from core.exports import CsvExportMixin
+from core.labels import help_column, status_column
 from core.money import Money
 from core.services import audit_record
 from providers.models import (
@@ -20,6 +22,7 @@ from providers.models import (
     WebhookEvent,
 )
 from providers.protocol import movement_sync_by_staff
+from providers.resources import PaymentResource, RefundResource
 from providers.webhooks import webhook_reprocess
 
 
@@ -65,14 +68,25 @@ def _plain(values: dict[str, Any] | None) -> dict[str, str] | None:
     return None if values is None else {name: str(value) for name, value in values.items()}
 
 
+class PaymentMethodForm(AmountsInBoundsForm):
+    amount_fields = {"min_minor": "currency", "max_minor": "currency"}
+
+
+class FeeRuleForm(AmountsInBoundsForm):
+    amount_fields = {"fixed_minor": "currency", "platform_fixed_minor": "currency"}
+    zero_allowed = True  # a rule without a fixed part
+
+
 @admin.register(PaymentMethod)
 class PaymentMethodAdmin(AuditedConfigAdmin):
+    form = PaymentMethodForm
     list_display = ("provider", "method", "currency", "min_minor", "max_minor", "priority", "enabled")
     list_filter = ("provider", "currency", "enabled")
 
 
 @admin.register(FeeRule)
 class FeeRuleAdmin(AuditedConfigAdmin):
+    form = FeeRuleForm
     list_display = ("provider", "method", "currency", "percent_bps", "fixed_minor", "platform_percent_bps",
                     "platform_fixed_minor", "effective_from")  # fmt: skip
     list_filter = ("provider", "currency")
@@ -106,8 +120,10 @@ class RefundInline(AttemptInline):
 
 
 @admin.register(Payment)
-class PaymentAdmin(ReadOnlyAdmin):
-    list_display = ("reference", "status", "amount", "provider", "method", "refunded", "user", "created_at")
+class PaymentAdmin(CsvExportMixin, ReadOnlyAdmin):
+    resource_classes = (PaymentResource,)
+    list_display = ("reference", status_column, "amount", "provider", "method", "refunded", "user", "created_at",
+                    help_column)  # fmt: skip
     list_filter = ("status", "provider", "currency")
     search_fields = ("=reference", "=provider_reference", "=client_key")
     list_select_related = ("user",)
@@ -134,6 +150,22 @@ class PaymentAdmin(ReadOnlyAdmin):
         return f"{decision.source}: candidates {tried}; skipped {skipped}"
 
 
+@admin.register(Refund)
+class RefundAdmin(CsvExportMixin, ReadOnlyAdmin):
+    """Refunds of payments, for finance to list, filter and export (made from the API or the payment)."""
+
+    resource_classes = (RefundResource,)
+    list_display = ("id", "payment", "amount", status_column, "provider_reference", help_column, "created_at")
+    list_filter = ("status", "payment__provider", "payment__currency")
+    search_fields = ("=payment__reference", "=provider_reference")
+    list_select_related = ("payment",)
+    show_full_result_count = False
+
+    @admin.display(description="Amount", ordering="amount_minor")
+    def amount(self, refund: Refund) -> str:
+        return Money(refund.amount_minor, refund.payment.currency).format()
+
+
 @admin.register(RoutingDecision)
 class RoutingDecisionAdmin(ReadOnlyAdmin):
     list_display = ("id", "created_at", "reference", "amount_minor", "currency", "source")
@@ -147,8 +179,8 @@ class MoneyMovementAdmin(ReadOnlyAdmin):
     """Every call that moved (or may have moved) money at a provider, with what the protocol knows of it."""
 
     list_display = (
-        "id", "operation", "provider", "amount", "status", "provider_reference", "sync_attempts", "next_sync_at",
-        "escalated_at", "created_at",
+        "id", "operation", "provider", "amount", status_column, "provider_reference", "sync_attempts", "next_sync_at",
+        "escalated_at", "created_at", help_column,
     )  # fmt: skip
     list_filter = ("status", "operation", "provider")
     search_fields = ("=key", "=provider_reference", "=subject_id")

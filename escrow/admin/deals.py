@@ -22,9 +22,12 @@ from django.utils.safestring import mark_safe
 
 from core.admin import ReadOnlyAdmin, action_confirmed, action_page
 from core.errors import AppError
+from core.exports import CsvExportMixin
+from core.labels import help_column, status_column
 from core.money import Money
 from escrow.deals import deal_cancel, deal_release, deal_release_approve, deal_transfer_retry
 from escrow.models import CommissionTier, EscrowDeal, SellerAccount
+from escrow.resources import EscrowDealResource
 from providers.admin import AuditedConfigAdmin
 from providers.models import MoneyMovement
 
@@ -53,9 +56,10 @@ class SellerAccountAdmin(AuditedConfigAdmin):
 
 
 @admin.register(EscrowDeal)
-class EscrowDealAdmin(ReadOnlyAdmin):
-    list_display = ("id", "status", "buyer", "seller_account", "amount", "commission", "deadline", "hold_mode",
-                    "transfer_attempts", "next_transfer_at", "updated_at")  # fmt: skip
+class EscrowDealAdmin(CsvExportMixin, ReadOnlyAdmin):
+    resource_classes = (EscrowDealResource,)
+    list_display = ("id", status_column, "buyer", "seller_account", "amount", "commission", "deadline", "hold_mode",
+                    "transfer_attempts", "next_transfer_at", "updated_at", help_column)  # fmt: skip
     list_filter = ("status", "hold_mode", "timeout_policy", "currency")
     search_fields = (
         "=id",

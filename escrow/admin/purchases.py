@@ -20,13 +20,16 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from core.admin import ReadOnlyAdmin, ReadOnlyInline, action_confirmed, action_page
+from core.admin import AmountsInBoundsForm, ReadOnlyAdmin, ReadOnlyInline, action_confirmed, action_page
 from core.errors import AppError
-from core.money import Money, MoneyError
+from core.exports import CsvExportMixin
+from core.labels import help_column, status_column
+from core.money import Money, MoneyError, money_parse_in_bounds
 from core.services import audit_record
 from escrow.models import PurchasableService, Purchase, PurchaseRefund, ServicePrice
 from escrow.purchases import purchase_cancel, purchase_refund, purchase_sync
 from escrow.purchases.common import purchase_movements
+from escrow.resources import PurchaseRefundResource, PurchaseResource
 from providers.admin import AuditedConfigAdmin
 
 T = TypeVar("T")
@@ -47,16 +50,18 @@ class RefundPartForm(forms.Form):
 
     def clean_amount(self) -> Money:
         try:
-            amount = Money.parse(self.cleaned_data["amount"], self.currency)
+            return money_parse_in_bounds(self.cleaned_data["amount"], self.currency)
         except MoneyError as error:
             raise forms.ValidationError(str(error)) from error
-        if amount.minor <= 0:
-            raise forms.ValidationError("The amount must be more than zero.")
-        return amount
+
+
+class ServicePriceForm(AmountsInBoundsForm):
+    amount_fields = {"amount_minor": "currency"}
 
 
 class ServicePriceInline(admin.TabularInline):
     model = ServicePrice
+    form = ServicePriceForm
     extra = 1
     fields = ("currency", "amount_minor")
 
@@ -99,9 +104,10 @@ class PurchaseRefundInline(ReadOnlyInline):
 
 
 @admin.register(Purchase)
-class PurchaseAdmin(ReadOnlyAdmin):
-    list_display = ("id", "buyer", "service", "amount", "status", "outcome", "captured", "refunded", "deliver_by",
-                    "created_at")  # fmt: skip
+class PurchaseAdmin(CsvExportMixin, ReadOnlyAdmin):
+    resource_classes = (PurchaseResource,)
+    list_display = ("id", "buyer", "service", "amount", status_column, "outcome", "captured", "refunded", "deliver_by",
+                    "created_at", help_column)  # fmt: skip
     list_filter = ("status", "outcome", "currency", "service")
     search_fields = ("=id", "buyer__username", "payment_intent_id", "client_key")
     date_hierarchy = "created_at"
@@ -234,8 +240,10 @@ class PurchaseAdmin(ReadOnlyAdmin):
 
 
 @admin.register(PurchaseRefund)
-class PurchaseRefundAdmin(ReadOnlyAdmin):
-    list_display = ("id", "purchase_link", "amount", "status", "provider_reference", "requested_by", "created_at")
+class PurchaseRefundAdmin(CsvExportMixin, ReadOnlyAdmin):
+    resource_classes = (PurchaseRefundResource,)
+    list_display = ("id", "purchase_link", "amount", status_column, "provider_reference", "requested_by", "created_at",
+                    help_column)  # fmt: skip
     list_filter = ("status",)
     search_fields = ("=purchase__id", "provider_reference")
     list_select_related = ("purchase", "requested_by")

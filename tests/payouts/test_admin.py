@@ -220,15 +220,16 @@ def test_batch_changelist_shows_progress_by_status_with_currency(sandbox, viewer
     response = client_for(viewer).get(reverse("admin:payouts_payoutbatch_changelist"))
 
     # checkbox, sender_batch_id, cycle, provider, status, provider call, total, item count, progress, ...
+    progress = "Unclaimed by recipient 1 · $200.00, Paid 1 · $100.00, Failed 1 · $300.00, Returned to us 1 · $400.00"
     assert row_cells(response.content.decode(), batch.sender_batch_id)[4:9] == [
         "Completed",
-        "succeeded",  # the batch create's money movement
+        "Done",  # the batch create's money movement (core.labels)
         "$1,000.00",
         "4",
-        "UNCLAIMED 1 · $200.00, SUCCESS 1 · $100.00, FAILED 1 · $300.00, RETURNED 1 · $400.00",
+        progress,
     ]
     detail = client_for(viewer).get(reverse("admin:payouts_payoutcycle_change", args=[cycle.pk])).content.decode()
-    assert "UNCLAIMED 1 · $200.00, SUCCESS 1 · $100.00, FAILED 1 · $300.00, RETURNED 1 · $400.00" in detail
+    assert progress in detail
     assert "4 winners, $1,000.00" in detail
     cycles = client_for(viewer).get(reverse("admin:payouts_payoutcycle_changelist")).content.decode()
     # checkbox, id, name, created by, created at, winners, batches
@@ -397,8 +398,8 @@ def test_sync_now_action_updates_items_and_reports_progress(sandbox, operator, v
     assert messages_of(response) == [
         (
             message_levels.SUCCESS,
-            f"{label}: completed; UNCLAIMED 1 · $200.00, SUCCESS 1 · $100.00, FAILED 1 · $300.00, "
-            "RETURNED 1 · $400.00.",
+            f"{label}: completed; Unclaimed by recipient 1 · $200.00, Paid 1 · $100.00, Failed 1 · $300.00, "
+            "Returned to us 1 · $400.00.",
         )
     ]
 
