@@ -19,7 +19,9 @@ from django.utils.safestring import SafeString
 
 from core.admin import ReadOnlyAdmin, ReadOnlyInline
 from core.errors import AppError
+from core.list_filters import IndexedValuesFilter
 from core.money import Money
+from core.paginators import LargeTableAdminMixin
 from ledger.models import Account, Entry, Hold, Transaction
 from ledger.selectors import accounts_with_balances
 from ledger.services import transaction_reverse
@@ -151,11 +153,10 @@ class ReverseReasonForm(forms.Form):
 
 
 @admin.register(Transaction)
-class TransactionAdmin(ReadOnlyAdmin):
+class TransactionAdmin(LargeTableAdminMixin, ReadOnlyAdmin):
     list_display = ("id", "kind", "description", "event_at", "created_at", "reverses_link", "is_reversed")
-    list_filter = ("kind", ReversedFilter, IsReversalFilter, "event_at", "created_at")
-    search_fields = ("=idempotency_key", "description")
-    show_full_result_count = False
+    list_filter = (("kind", IndexedValuesFilter), ReversedFilter, IsReversalFilter, "event_at", "created_at")
+    search_fields = ("idempotency_key__exact",)  # the unique key's index; a description scan reads every row
     inlines = (EntryInline,)
     actions = ("reverse_selected",)
     fields = (

@@ -16,7 +16,8 @@ from functools import reduce
 from operator import or_
 from typing import Any
 
-from django.db.models import Count, Exists, F, OuterRef, Q, Sum
+from django.db import connections
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Sum
 from django.urls import reverse
 from django.utils import timezone
 
@@ -303,23 +304,24 @@ class FailedDeal:
 
 def payout_failures(*, can: Can, items_per_batch: int = 5) -> list[FailedBatch]:
     """Unpaid items of the newest batches whose winner nobody is paying again: what 'Retry failed items' pays."""
-    batch_ids = list(PayoutBatch.objects.order_by("-pk").values_list("pk", flat=True)[:BATCHES_SEARCHED_FOR_FAILURES])
+    newest = list(PayoutBatch.objects.order_by("-pk").values_list("pk", flat=True)[:BATCHES_SEARCHED_FOR_FAILURES])
     paid_again = PayoutItem.objects.filter(selection_id=OuterRef("selection_id"), status__in=PayoutItem.LIVE)
-    unpaid = PayoutItem.objects.filter(batch_id__in=batch_ids, status__in=PayoutItem.UNPAID_FINAL)
-    unpaid = unpaid.exclude(Exists(paid_again))
+    unpaid = PayoutItem.objects.filter(status__in=PayoutItem.UNPAID_FINAL).exclude(Exists(paid_again))
+    # Totals only for the batches shown: each batch's unpaid items are read once, not those of every batch searched.
+    with_unpaid = PayoutBatch.objects.filter(pk__in=newest).filter(Exists(unpaid.filter(batch_id=OuterRef("pk"))))
+    batches = {batch.pk: batch for batch in with_unpaid.order_by("-pk")[:ROWS]}
+    if not batches:
+        return []
+    by_batch = unpaid.filter(batch_id__in=batches).order_by().values("batch_id")
     totals = {
         row["batch_id"]: (row["n"], row["amount_minor"])
-        for row in unpaid.order_by().values("batch_id").annotate(n=Count("id"), amount_minor=Sum("amount_minor"))
+        for row in by_batch.annotate(n=Count("id"), amount_minor=Sum("amount_minor"))
     }
-    if not totals:
-        return []
-    batches = {batch.pk: batch for batch in PayoutBatch.objects.filter(pk__in=totals).order_by("-pk")[:ROWS]}
     shown: dict[int, list[FailedItem]] = defaultdict(list)
-    for item in unpaid.filter(batch_id__in=batches).order_by("batch_id", "pk")[: ROWS * items_per_batch]:
-        if len(shown[item.batch_id]) < items_per_batch:
-            item.batch = batches[item.batch_id]
-            amount = Money(item.amount_minor, item.currency)
-            shown[item.batch_id].append(FailedItem(item, status_label(item), amount, state_help(item)))
+    for item in _first_of_each(unpaid, list(batches), items_per_batch):
+        item.batch = batches[item.batch_id]
+        amount = Money(item.amount_minor, item.currency)
+        shown[item.batch_id].append(FailedItem(item, status_label(item), amount, state_help(item)))
     items_url = reverse("admin:payouts_payoutitem_changelist")
     return [
         FailedBatch(
@@ -333,6 +335,15 @@ def payout_failures(*, can: Can, items_per_batch: int = 5) -> list[FailedBatch]:
         )
         for pk, batch in batches.items()
     ]
+
+
+def _first_of_each(items: QuerySet[PayoutItem], batch_ids: list[int], count: int) -> list[PayoutItem]:
+    """The first `count` of `items` in each batch: a LIMIT per batch, so one batch's hundreds never crowd out the
+    others; one query where the database can combine limited selects (PostgreSQL), else one per batch."""
+    firsts = [items.filter(batch_id=pk).order_by("pk")[:count] for pk in batch_ids]
+    if connections[items.db].features.supports_slicing_ordering_in_compound:
+        return sorted(firsts[0].union(*firsts[1:], all=True), key=lambda item: item.pk)
+    return [item for first in firsts for item in first]
 
 
 def transfer_failures(*, can: Can) -> list[FailedDeal]:

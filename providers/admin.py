@@ -9,7 +9,9 @@ from core.admin import AmountsInBoundsForm, ReadOnlyAdmin
 from core.errors import AppError
 from core.exports import CsvExportMixin
 from core.labels import help_column, status_column
+from core.list_filters import IndexedValuesFilter
 from core.money import Money
+from core.paginators import LargeTableAdminMixin
 from core.services import audit_record
 from providers.models import (
     FeeRule,
@@ -27,11 +29,10 @@ from providers.webhooks import webhook_reprocess
 
 
 @admin.register(WebhookEvent)
-class WebhookEventAdmin(ReadOnlyAdmin):
+class WebhookEventAdmin(LargeTableAdminMixin, ReadOnlyAdmin):
     list_display = ("id", "provider", "event_type", "event_id", "signature_valid", "status", "attempts", "created_at")
-    list_filter = ("provider", "status", "signature_valid", "event_type")
-    search_fields = ("=event_id", "event_type")
-    show_full_result_count = False
+    list_filter = (("provider", IndexedValuesFilter), "status", "signature_valid", ("event_type", IndexedValuesFilter))
+    search_fields = ("event_id__exact",)  # indexed (providers/0010); the event type is a filter
     actions = ("reprocess",)
 
     def has_reprocess_permission(self, request: HttpRequest) -> bool:
@@ -120,14 +121,13 @@ class RefundInline(AttemptInline):
 
 
 @admin.register(Payment)
-class PaymentAdmin(CsvExportMixin, ReadOnlyAdmin):
+class PaymentAdmin(CsvExportMixin, LargeTableAdminMixin, ReadOnlyAdmin):
     resource_classes = (PaymentResource,)
     list_display = ("reference", status_column, "amount", "provider", "method", "refunded", "user", "created_at",
                     help_column)  # fmt: skip
-    list_filter = ("status", "provider", "currency")
-    search_fields = ("=reference", "=provider_reference", "=client_key")
+    list_filter = ("status", ("provider", IndexedValuesFilter), ("currency", IndexedValuesFilter))
+    search_fields = ("reference__exact", "provider_reference__exact")  # the identifiers finance has, indexed
     list_select_related = ("user",)
-    show_full_result_count = False
     inlines = (AttemptInline, RefundInline)
     readonly_fields = ("amount", "refunded", "routing", "redirect_url")
     exclude = ("amount_minor", "refunded_minor", "routing_decision")
