@@ -10,6 +10,7 @@ from pathlib import Path
 
 import environ
 from celery.schedules import crontab
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -17,12 +18,20 @@ env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEBUG = env.bool("DEBUG", default=False)
-SECRET_KEY = env.str("SECRET_KEY", default="insecure-dev-key-change-me")
+# No built-in key with DEBUG off: whoever knows the key can forge sessions and signed values. (The Makefile's
+# targets generate one per run when none is set; production sets its own: config/settings_production.py.)
+SECRET_KEY = env.str("SECRET_KEY", default="") or ("insecure-dev-key-change-me" if DEBUG else "")
+if not SECRET_KEY:
+    raise ImproperlyConfigured(
+        "SECRET_KEY is not set and DEBUG is off: refusing to start with a built-in key. Set SECRET_KEY to 50 or "
+        "more random characters, e.g. SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(50))'), "
+        "or set DEBUG=true for local development only."
+    )
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "core.admin_config.StaffAdminConfig",  # django.contrib.admin, with a second factor when STAFF_2FA_REQUIRED is on
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -34,6 +43,9 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "django_celery_beat",
     "import_export",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "axes",
     "core",
     "ledger",
     "providers",
@@ -44,15 +56,21 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",  # first: request metrics for /metrics
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",  # static files (after collectstatic into STATIC_ROOT)
     "core.middleware.RequestContextMiddleware",
     "core.middleware.RefuseControlCharactersMiddleware",  # before anything reads the path or query string
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
+    "core.staff_security.StaffActivityMiddleware",  # audit actor, and the idle timeout (not SESSION_SAVE_EVERY_REQUEST)
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",  # sees the final answer, lockouts included
+    "axes.middleware.AxesMiddleware",  # last: turns a lockout into core.staff_security.lockout_response
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -81,6 +99,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"].setdefault("OPTIONS", {})
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # libpq waits for a connection without limit by default: a black-holed database would hang health checks.
+    DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=5))
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Serialise writers at BEGIN so two demo processes cannot interleave a posting.
     DATABASES["default"].setdefault("OPTIONS", {})["transaction_mode"] = "IMMEDIATE"
@@ -102,7 +122,7 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # ETA/countdown tasks longer than this are redelivered; keep it above any countdown we use.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT_SECONDS", default=3600)}
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
@@ -119,6 +139,8 @@ CELERY_BEAT_SCHEDULE = {
     "payouts-sync-batches": {"task": "payouts.sync_batches", "schedule": crontab(minute="*/5")},  # item statuses
     "payouts-cancel-unclaimed-items": {"task": "payouts.cancel_unclaimed_items", "schedule": crontab(minute=23)},
     "providers-sweep-webhook-events": {"task": "providers.sweep_webhook_events", "schedule": crontab(minute="*/5")},
+    # Proves beat and the workers alive and the queue moving (monitoring.heartbeat, /api/health/celery).
+    "monitoring-heartbeat": {"task": "monitoring.heartbeat", "schedule": crontab(), "options": {"expires": 120}},
     "core-purge-idempotency-keys": {
         "task": "core.purge_idempotency_keys",
         "schedule": crontab(minute=15),
@@ -149,14 +171,36 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# `manage.py collectstatic` copies every app's static files here; WhiteNoise serves them (with DEBUG off too).
+STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / "var" / "static")
 
-SESSION_COOKIE_AGE = env.int("SESSION_COOKIE_AGE", default=8 * 3600)
+# --- Staff security (core.staff_security, core.staff_audit, core.tokens).
+# A session ends after this many minutes without a request (the dashboard's own refreshes do not count).
+STAFF_SESSION_IDLE_MINUTES = env.int("STAFF_SESSION_IDLE_MINUTES", default=30)
+SESSION_COOKIE_AGE = STAFF_SESSION_IDLE_MINUTES * 60
+SESSION_SAVE_EVERY_REQUEST = False  # StaffActivityMiddleware saves it on every request but a background refresh
 SESSION_EXPIRE_AT_BROWSER_CLOSE = True
+# The admin asks for a TOTP code (django-otp) after the password; `manage.py staff_totp <username>` gives a device.
+STAFF_2FA_REQUIRED = env.bool("STAFF_2FA_REQUIRED", default=False)
+OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="Back office")  # the name authenticator apps show
+# django-axes: AXES_FAILURE_LIMIT failed sign-ins lock that username from that IP (only) for the cool-off.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("AXES_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "core.staff_security.client_ip"
+AXES_LOCKOUT_CALLABLE = "core.staff_security.lockout_response"
+AXES_DISABLE_ACCESS_LOG = True  # sign-ins are in the audit log
+AXES_VERBOSE = False
+# Client API tokens (core.models.ApiToken): staff issue them in the admin with this default lifetime (empty there:
+# no date). No token, nor a legacy DRF one, is accepted once older than API_TOKEN_MAX_AGE_DAYS (0: no limit).
+API_TOKEN_DEFAULT_DAYS = env.int("API_TOKEN_DEFAULT_DAYS", default=90)
+API_TOKEN_MAX_AGE_DAYS = env.int("API_TOKEN_MAX_AGE_DAYS", default=0)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "core.authentication.ExpiringTokenAuthentication",  # Authorization: Token <key>; revocable, expiring
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -223,10 +267,28 @@ PROVIDER_MODE = env.str("PROVIDER_MODE", default="sandbox")
 PAYOUT_APPROVAL_THRESHOLD_MINOR = env.int("PAYOUT_APPROVAL_THRESHOLD_MINOR", default=1_000_000)
 PAYOUT_UNCLAIMED_CANCEL_AFTER_DAYS = env.int("PAYOUT_UNCLAIMED_CANCEL_AFTER_DAYS", default=25)
 SANDBOX_URL = env.str("SANDBOX_URL", default="http://127.0.0.1:8765")
+# The sandbox's webhook delivery (providers/sandbox/webhooks.py), as real providers deliver: parallel threads, and
+# a delivery our endpoint refused to take (no connection, timeout, 5xx, 408, 429) retried after base, 2 x base, ...
+# up to the cap, until max attempts or max age (Stripe: 3 days). `manage.py sandbox` serves on SANDBOX_URL's port
+# and points each provider's deliveries at SANDBOX_WEBHOOK_BASE_URL/webhooks/<provider>/ when that is set.
+SANDBOX_WEBHOOK_BASE_URL = env.str("SANDBOX_WEBHOOK_BASE_URL", default="")
+SANDBOX_WEBHOOK_WORKERS = env.int("SANDBOX_WEBHOOK_WORKERS", default=8)
+SANDBOX_WEBHOOK_TIMEOUT_SECONDS = env.float("SANDBOX_WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+SANDBOX_WEBHOOK_RETRY_BASE_SECONDS = env.float("SANDBOX_WEBHOOK_RETRY_BASE_SECONDS", default=1.0)
+SANDBOX_WEBHOOK_RETRY_CAP_SECONDS = env.float("SANDBOX_WEBHOOK_RETRY_CAP_SECONDS", default=3600.0)
+SANDBOX_WEBHOOK_RETRY_JITTER = env.float("SANDBOX_WEBHOOK_RETRY_JITTER", default=0.1)
+SANDBOX_WEBHOOK_MAX_ATTEMPTS = env.int("SANDBOX_WEBHOOK_MAX_ATTEMPTS", default=25)
+SANDBOX_WEBHOOK_MAX_AGE_SECONDS = env.float("SANDBOX_WEBHOOK_MAX_AGE_SECONDS", default=3 * 24 * 3600.0)
+# Unknown connected accounts are created active when first asked for (as once onboarding finished).
+SANDBOX_ACTIVATE_ACCOUNTS = env.bool("SANDBOX_ACTIVATE_ACCOUNTS", default=True)
 PROVIDER_TIMEOUT_SECONDS = env.float("PROVIDER_TIMEOUT_SECONDS", default=10.0)
 # The money-moving protocol: how long a worker owns a movement it is sending, and how old an unanswered
 # intent gets before the sweeper takes it over. Keep it above the longest provider call with its retries.
 PROTOCOL_CLAIM_SECONDS = env.int("PROTOCOL_CLAIM_SECONDS", default=120)
+# Chaos tests only (tests/chaos/, providers/protocol/pause.py): a file naming a protocol step at which one process
+# pauses (for PROTOCOL_PAUSE_SECONDS) so the test can kill it there. Empty (the default): never.
+PROTOCOL_PAUSE_FILE = env.str("PROTOCOL_PAUSE_FILE", default="")
+PROTOCOL_PAUSE_SECONDS = env.float("PROTOCOL_PAUSE_SECONDS", default=60.0)
 # Escrow deals (escrow/deals/). Releases above this amount (minor units) need a second staff user's approval.
 ESCROW_APPROVAL_THRESHOLD_MINOR = env.int("ESCROW_APPROVAL_THRESHOLD_MINOR", default=1_000_000)
 # A deal's deadline is at most this far ahead when it is opened (a later one is a 400): money is not held for years.
@@ -273,15 +335,31 @@ ALERT_UNKNOWN_AFTER_MINUTES = env.int("ALERT_UNKNOWN_AFTER_MINUTES", default=60)
 # Where staff open the admin: links in alert emails.
 BACKOFFICE_URL = env.str("BACKOFFICE_URL", default="http://127.0.0.1:8000")
 
+LOG_FORMAT = env.str("LOG_FORMAT", default="json")  # or "console": key=value lines
+# One JSON object a line on standard error, for our loggers, Django's and Celery's alike, with the request id and
+# PII redacted (core.logging; Celery applies this too: core.task_context).
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {"structured": {"()": "core.logging.log_formatter", "renderer": LOG_FORMAT}},
+    "handlers": {"console": {"class": "core.logging.ConsoleHandler", "formatter": "structured"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    # httpx logs every request at INFO; provider calls are recorded by availability and our own logs.
-    "loggers": {name: {"level": "WARNING"} for name in ("httpx", "httpcore", "stripe")},
+    "loggers": {
+        # Django's own handlers (plain text, runserver's lines) give way to the root's.
+        **{name: {"handlers": [], "level": "INFO", "propagate": True} for name in ("django", "django.server")},
+        # httpx logs every request at INFO; provider calls are recorded by availability and our own logs.
+        **{name: {"level": "WARNING"} for name in ("httpx", "httpcore", "stripe")},
+    },
 }
+
+# --- Health and metrics (monitoring.health, monitoring.views_metrics; docs/observability.md).
+HEALTH_KEY_PREFIX = env.str("HEALTH_KEY_PREFIX", default="bo:health")  # worker and beat heartbeats in Redis
+HEALTH_CELERY_WORKER_STALE_SECONDS = env.int("HEALTH_CELERY_WORKER_STALE_SECONDS", default=60)  # written every 15 s
+HEALTH_CELERY_BEAT_STALE_SECONDS = env.int("HEALTH_CELERY_BEAT_STALE_SECONDS", default=180)  # beat sends every minute
+HEALTH_CELERY_FLOW_STALE_SECONDS = env.int("HEALTH_CELERY_FLOW_STALE_SECONDS", default=300)  # monitoring.heartbeat
+# /metrics answers these addresses or networks (REMOTE_ADDR only), and Authorization: Bearer <METRICS_TOKEN>.
+METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.0/8", "::1"])
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 # --- Circuit breakers and availability (providers.breaker, providers.availability, providers.retry).
 # With REDIS_URL set, breaker state and availability figures live in Redis and every process shares

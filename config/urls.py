@@ -2,8 +2,8 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from monitoring.views_metrics import metrics_view
 from providers.views import webhook_view
-from providers.views_health import PaymentsHealthView
 
 urlpatterns = [
     path("admin/providers/health/", include("providers.urls_admin")),
@@ -18,7 +18,8 @@ urlpatterns = [
     path("api/v1/escrow/", include("escrow.api.deal_urls")),
     path("api/v1/purchases/", include("escrow.api.purchases")),
     path("api/v1/analytics/", include("analytics.api")),
-    path("api/health/payments", PaymentsHealthView.as_view(), name="health-payments"),
+    path("", include("monitoring.urls_health")),  # /api/health: overall, database, redis, celery, payments
+    path("metrics", metrics_view, name="metrics"),  # Prometheus; loopback, METRICS_ALLOWED_IPS or METRICS_TOKEN
     path("webhooks/<str:provider>/", webhook_view, name="webhook"),
 ]
 

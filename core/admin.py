@@ -1,21 +1,27 @@
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any, ClassVar
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
+from rest_framework.authtoken.models import TokenProxy
 
 from core.alerts import alert_close
 from core.errors import AppError
 from core.exports import CsvExportMixin
 from core.locks import lock_release_by_staff
-from core.models import Alert, AuditLog, ProcessingLock
+from core.models import Alert, ApiToken, AuditLog, ProcessingLock
 from core.money import MoneyError, money_in_bounds, validate_currency
 from core.resources import AuditLogResource
+from core.tokens import api_token_issue, api_token_revoke, api_token_state
 
 MOVES_MONEY = "This moves money or signs it off, and is recorded in the audit log under your name."
 
@@ -180,3 +186,76 @@ class AlertAdmin(ReadOnlyAdmin):
     @admin.action(description="Resolve selected alerts", permissions=["close"])
     def resolve(self, request: HttpRequest, queryset: QuerySet[Alert]) -> None:
         self._close(request, queryset, Alert.Status.RESOLVED)
+
+
+# DRF's own token admin stored and showed keys in clear and wrote no audit row: client tokens are ApiTokens.
+if admin.site.is_registered(TokenProxy):
+    admin.site.unregister(TokenProxy)
+
+
+class ApiTokenForm(forms.ModelForm):
+    class Meta:
+        model = ApiToken
+        fields = ("user", "name", "expires_at")
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Issue (the key is shown once), list and revoke client API tokens; both are audited (core.tokens)."""
+
+    form = ApiTokenForm
+    list_display = ("name", "user", "key_prefix", "state", "created_at", "expires_at", "last_used_at", "revoked_at")
+    list_filter = ("revoked_at",)
+    search_fields = ("name", "user__username", "key_prefix")
+    raw_id_fields = ("user",)
+    readonly_fields = ("key_prefix", "created_at", "created_by", "last_used_at", "revoked_at", "revoked_by")
+    actions = ("revoke",)
+
+    def get_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> Sequence[str]:
+        return ApiTokenForm.Meta.fields if obj is None else ("user", "name", "expires_at", *self.readonly_fields)
+
+    @admin.display(description="state")
+    def state(self, obj: ApiToken) -> str:
+        return api_token_state(obj)
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        days = settings.API_TOKEN_DEFAULT_DAYS
+        return {"expires_at": timezone.now() + timedelta(days=days)} if days else {}
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False  # a token is issued or revoked, never edited
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False  # revoked tokens stay listed, with who revoked them
+
+    def has_revoke_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("core.revoke_apitoken")
+
+    def save_model(self, request: HttpRequest, obj: ApiToken, form: forms.Form, change: bool) -> None:
+        issued = api_token_issue(user=obj.user, name=obj.name, expires_at=obj.expires_at, actor=request.user)
+        obj.pk, obj.key_prefix, obj.created_at = issued.token.pk, issued.token.key_prefix, issued.token.created_at
+        request.issued_api_token_key = issued.key  # type: ignore[attr-defined]  # for response_add, never stored
+
+    def response_add(self, request: HttpRequest, obj: ApiToken, post_url_continue: str | None = None) -> HttpResponse:
+        """The one page that shows the key: rendered here, not after a redirect, and never cached."""
+        request.current_app = self.admin_site.name
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "API token issued",
+            "opts": self.opts,
+            "token": obj,
+            "key": request.issued_api_token_key,  # type: ignore[attr-defined]
+        }
+        response = TemplateResponse(request, "admin/core/apitoken/issued.html", context)
+        add_never_cache_headers(response)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @admin.action(description="Revoke selected API tokens", permissions=["revoke"])
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
+        for token in queryset:
+            _, changed = api_token_revoke(token_pk=token.pk, actor=request.user)
+            if changed:
+                self.message_user(request, f"Revoked {token}: it is refused from now on.", messages.SUCCESS)
+            else:
+                self.message_user(request, f"{token} was revoked already.", messages.WARNING)

@@ -29,6 +29,12 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+def bound_request_id() -> str | None:
+    """The id of the request (or task) being served, or None outside of one: never a made-up id."""
+    context = _current.get()
+    return context.request_id if context is not None else None
+
+
 def current_context() -> RequestContext:
     return _current.get() or RequestContext(request_id=new_request_id())
 

@@ -156,3 +156,34 @@ class Alert(TimestampedModel):
 
     def __str__(self) -> str:
         return f"[{self.severity}] {self.title}"
+
+
+class ApiToken(models.Model):
+    """A client app's API token, sent as `Authorization: Token <key>`.
+
+    Only a SHA-256 of the key is stored (the key is shown once, when staff issue it); a revoked token, or one past
+    `expires_at` or older than API_TOKEN_MAX_AGE_DAYS, is refused with a 401 (core.authentication).
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, help_text="What uses it, e.g. 'checkout app (production)'.")
+    key_prefix = models.CharField(max_length=8, editable=False, help_text="The key's first characters.")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+", editable=False
+    )
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: it does not expire by date.")
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+", editable=False
+    )
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "API token"
+        permissions = [("revoke_apitoken", "Can revoke an API token")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.key_prefix}...) for {self.user}"

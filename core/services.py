@@ -23,13 +23,15 @@ def audit_record(
     obj: models.Model | None = None,
     before: dict[str, Any] | None = None,
     after: dict[str, Any] | None = None,
+    actor_repr: str = "system",
 ) -> AuditLog:
-    """Write one audit row with the current request's IP, user agent and request id."""
+    """Write one audit row with the current request's IP, user agent and request id. `actor_repr` names an actor
+    who is not a user (default "system"; "anonymous" for a failed sign-in)."""
     context = current_context()
     is_user = actor is not None and getattr(actor, "pk", None) is not None
     return AuditLog.objects.create(
         actor=actor if is_user else None,
-        actor_repr=actor.get_username() if is_user else "system",
+        actor_repr=actor.get_username() if is_user else actor_repr,
         ip=context.ip,
         user_agent=context.user_agent,
         request_id=context.request_id,

@@ -27,10 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import DatabaseError
 from django.db.models import Count, Min
 from django.utils import timezone
 
@@ -39,9 +38,10 @@ from core.locks import locks_stale
 from core.models import Alert, ProcessingLock
 from escrow.models import EscrowDeal
 from monitoring.checks import movements_unknown_overdue, unknown_after
+from monitoring.health import HEALTHY, REDIS_USERS, check_database, check_redis
 from monitoring.models import ReconciliationIssue
 from payouts.models import PayoutBatch
-from providers.breaker import CircuitState, breaker_for, client_for_url
+from providers.breaker import CircuitState, breaker_for
 from providers.models import MoneyMovement, Provider
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -115,28 +115,21 @@ def _age(since: datetime | None, now: datetime | None = None) -> str:
 
 
 def _database() -> Check:
-    try:
-        connection.ensure_connection()
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-            cursor.fetchone()
-    except DatabaseError as error:
-        return Check("database", FAIL, f"unreachable: {type(error).__name__}: {error}".strip())
-    return Check("database", OK, f"reachable ({connection.vendor})", {"vendor": connection.vendor})
+    result = check_database()  # the rule of /api/health/database
+    if result.status == HEALTHY:
+        return Check("database", OK, f"reachable ({result.details['vendor']})", {"vendor": result.details["vendor"]})
+    return Check("database", FAIL, "; ".join(result.reasons))
 
 
 def _redis() -> Check:
-    url = settings.REDIS_URL
-    if not url:
+    result = check_redis()  # the rule of /api/health/redis
+    where = result.details.get("url", "")
+    if not result.details.get("configured"):
         return Check("redis", OK, "not configured (embedded mode: tasks run in-process, breakers per process)")
-    parts = urlsplit(url)
-    where = f"{parts.hostname}:{parts.port or 6379}{parts.path}"  # no credentials in the output
-    try:
-        client_for_url(url).ping()
-    except Exception as error:  # redis-py raises RedisError, and OSError subclasses on some failures
-        summary = f"unreachable at {where}: {type(error).__name__} (Celery broker, breakers and availability)"
-        return Check("redis", FAIL, summary, {"url": where, "error": str(error)})
-    return Check("redis", OK, f"reachable at {where}", {"url": where})
+    if result.status == HEALTHY:
+        return Check("redis", OK, f"reachable at {where}", {"url": where})
+    summary = f"unreachable at {where}: {result.details.get('error', '')} ({REDIS_USERS})"
+    return Check("redis", FAIL, summary, {"url": where, "error": result.details.get("error", "")})
 
 
 def _circuits() -> Check:

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from core.errors import AppError
 from monitoring.checks import stuck_work_check
+from monitoring.heartbeat import stamp_write
 from monitoring.models import ReconciliationRun
 from monitoring.reconciliation import reconciliation_run
 
@@ -41,3 +42,9 @@ def reconcile_yesterday_task() -> dict[str, int]:
 def check_stuck_work_task() -> dict[str, int]:
     """Every 5 minutes (beat): alerts for stale processing locks and movements unknown for too long."""
     return stuck_work_check()
+
+
+@shared_task(name="monitoring.heartbeat", ignore_result=True)
+def heartbeat_task() -> None:
+    """Every minute (beat; expires after 2 minutes): stamps when a worker ran it, for /api/health/celery."""
+    stamp_write("flow")

@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 from django.conf import settings
 
+from monitoring.metrics import provider_call_observed
 from providers import availability
 from providers.base import Declined, ProviderResult, Unknown
 from providers.breaker import CircuitBreaker, breaker_for
@@ -116,6 +117,7 @@ def call_provider(
 
     def observe(result: ProviderResult, latency_ms: float) -> None:
         tracker.record_call(provider, method, result, latency_ms)
+        provider_call_observed(provider, method, result, latency_ms)
 
     return call_with_retries(
         call,

@@ -37,9 +37,11 @@ from core.money import Money
 from core.permissions import require_permission
 from core.services import audit_record
 from ledger.services import retry_on_conflict
+from monitoring.metrics import movement_outcome_counted
 from providers.base import FOUND_FAILED, Absent, Declined, LookupResult, Pending, ProviderResult, Succeeded, Unknown
 from providers.models import MoneyMovement
 from providers.protocol.operations import Operation, operation_get
+from providers.protocol.pause import protocol_pause
 from providers.retry import call_provider
 
 log = structlog.get_logger(__name__)
@@ -130,8 +132,11 @@ def _claim_and_go(pk: int, *, first: bool, force: bool) -> MoneyMovement:
     if movement is None:
         return MoneyMovement.objects.get(pk=pk)
     recipe = operation_get(movement.operation)
+    protocol_pause("before_send", movement)
     result, authoritative = _ask(recipe, movement)
+    protocol_pause("after_send", movement)
     follow_ups = _record(movement, recipe, result, authoritative=authoritative, claimed=True)
+    protocol_pause("after_record", movement)
     run_follow_ups(follow_ups)
     return MoneyMovement.objects.get(pk=pk)
 
@@ -241,6 +246,7 @@ def _finish(
     for name, value in fields.items():
         setattr(row, name, value)
     row.status = target
+    movement_outcome_counted(operation=row.operation, provider=row.provider, outcome=target)
     hook = recipe.on_succeeded if isinstance(result, Succeeded) else recipe.on_declined
     follow_ups = list(hook(row, result) or ())  # type: ignore[arg-type]
     if row.escalated_at is not None:  # found out at last (staff's "Sync now", a webhook): the cause is gone
@@ -257,6 +263,7 @@ def _wait(row: MoneyMovement, recipe: Operation, result: Pending, now: Any, rele
         return []
     MoneyMovement.status_move(row.pk, Status.WAITING, sources=[row.status], failure_reason="", **fields)
     row.provider_reference, row.status = fields["provider_reference"], Status.WAITING
+    movement_outcome_counted(operation=row.operation, provider=row.provider, outcome=Status.WAITING)
     return list(recipe.on_waiting(row, result) or ())
 
 
@@ -266,6 +273,7 @@ def _stay_open(row: MoneyMovement, recipe: Operation, reason: str, now: Any, rel
     if row.status == Status.PENDING:
         MoneyMovement.status_move(row.pk, Status.UNKNOWN, sources=[Status.PENDING], was_unknown=True, **fields)
         recipe.on_unknown(row, reason)
+        movement_outcome_counted(operation=row.operation, provider=row.provider, outcome=Status.UNKNOWN)
         log.warning("movement.unknown", operation=row.operation, key=row.key, reason=reason)
         return
     MoneyMovement.objects.filter(pk=row.pk).update(updated_at=now, **fields)

@@ -131,7 +131,7 @@ def test_a_failing_mail_server_never_breaks_the_caller(
     with django_capture_on_commit_callbacks(execute=True):
         alert = alert_raise(key="lock:payout-cycle:1", title="Stale lock")
     assert Alert.objects.get(pk=alert.pk).status == Alert.Status.OPEN  # the alert stays
-    assert "alert.email_failed" in capsys.readouterr().out  # and the failure is logged
+    assert "alert.email_failed" in capsys.readouterr().err  # and the failure is logged (logs: stderr)
 
 
 def test_an_acknowledged_alert_counts_repeats_without_a_new_alert_or_email(
