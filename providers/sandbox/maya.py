@@ -292,9 +292,7 @@ class MayaSandbox:
             raise Refusal(400, "REFUND_AMOUNT_EXCEEDED", message, "totalAmount.amount")
 
     def _emit(self, payment: Payment) -> None:
-        body = json.dumps(payment.view()).encode()
-        headers = {"Content-Type": "application/json", **signature_headers(body, timestamp=int(time.time()))}
-        self.sandbox.webhooks.send(PROVIDER, body, headers)
+        self.sandbox.webhooks.send(PROVIDER, json.dumps(payment.view()).encode(), sign=_webhook_headers)
 
     # --- HTTP plumbing
     def endpoint(
@@ -362,6 +360,11 @@ def _install_customer_routes(sandbox: Sandbox, state: MayaSandbox) -> None:
 def state_of(sandbox: Sandbox) -> MayaSandbox:
     """The Maya state of a sandbox, for tests and the demo to inspect."""
     return _STATES[sandbox]
+
+
+def _webhook_headers(body: bytes) -> dict[str, str]:
+    """One delivery attempt's headers: a new timestamp, nonce and signature each time."""
+    return {"Content-Type": "application/json", **signature_headers(body, timestamp=int(time.time()))}
 
 
 def signature_headers(body: bytes, *, timestamp: int, secret: str | None = None, nonce: str = "") -> dict[str, str]:

@@ -313,9 +313,7 @@ class PayMongoSandbox:
             created_at=now,
             updated_at=now,
         )
-        body = json.dumps({"data": event}).encode()
-        headers = {"Content-Type": "application/json", "Paymongo-Signature": sign(body, timestamp=now)}
-        self.sandbox.webhooks.send(PROVIDER, body, headers)
+        self.sandbox.webhooks.send(PROVIDER, json.dumps({"data": event}).encode(), sign=_webhook_headers)
 
     # --- HTTP plumbing: auth, idempotency, error shape
     def endpoint(self, action: Action) -> Callable[[SandboxRequest, re.Match[str]], SandboxResponse]:
@@ -399,6 +397,11 @@ def _install_customer_routes(sandbox: Sandbox, state: PayMongoSandbox) -> None:
 def state_of(sandbox: Sandbox) -> PayMongoSandbox:
     """The PayMongo state of a sandbox, for tests and the demo to inspect."""
     return _STATES[sandbox]
+
+
+def _webhook_headers(body: bytes) -> dict[str, str]:
+    """One delivery attempt's headers: signed at the time of the attempt."""
+    return {"Content-Type": "application/json", "Paymongo-Signature": sign(body, timestamp=int(time.time()))}
 
 
 def sign(body: bytes, *, timestamp: int, secret: str | None = None) -> str:

@@ -591,7 +591,8 @@ class PayPalSandbox:
             ],
         }
         self.sent_events.append(event)
-        self.sandbox.webhooks.send("paypal", json.dumps(event).encode(), self._transmission_headers(event))
+        sign = lambda body: self._transmission_headers(json.loads(body))  # noqa: E731 - a new transmission each attempt
+        self.sandbox.webhooks.send("paypal", json.dumps(event).encode(), sign=sign)
 
     def _transmission_headers(self, event: dict[str, Any]) -> dict[str, str]:
         transmission_id, transmission_time = str(uuid.uuid4()), _now_text()

@@ -11,9 +11,22 @@ under `/_control/` (or the same methods in Python):
     POST   /_control/faults     {"operation": "stripe.*", "kind": "...", "times": 1, ...}
     DELETE /_control/faults
     GET    /_control/calls      -> {"operation": count}
+    GET    /_control/health     -> {"status": "ok", "providers": [...], "webhooks": {"pending": n, "idle": bool}}
     POST   /_control/webhooks   {"provider": "stripe", "url": "...", "drop": 0, "duplicate": 0, ...}
+    GET    /_control/webhooks   -> delivery counts (sent, dropped, attempts, retried, delivered, failed),
+                                   pending, in_flight, idle, per provider, and each provider's settings
+    POST   /_control/webhooks/wait {"timeout": 10}  -> 200 and the counts once nothing is pending, else 504
+    GET    /_control/webhooks/deliveries?provider=stripe&limit=50 -> the latest finished deliveries, attempts
     POST   /_control/tick       advance asynchronous work (e.g. payout items)
     POST   /_control/forget_keys {"provider": "stripe"}   ("*" or no provider: all)
+    POST   /stripe/_simulate/accounts/{acct_id} {"transfers": "active"}   create or change a connected account
+                                   (active, inactive or pending) and send `account.updated`
+
+The provider names of `/_control/webhooks` are the sandbox's: stripe, paypal, paymongo (GCash), maya. The
+options of a provider's webhooks are in providers/sandbox/webhooks.py (faults, and `retry_4xx`,
+`retry_base_ms`, `retry_cap_ms`, `max_attempts`, `max_age_seconds`). With `activate_accounts` on (as
+`manage.py sandbox` starts it), a connected account the sandbox has not seen is created active when first
+asked for (`GET /v1/accounts/{id}`), as once its owner finished Stripe's onboarding.
 
 Fault kinds: `latency` (delay, then answer), `error` (answer `status`, default
 503, without applying), `timeout` (hang without applying), `reset` (close
@@ -152,6 +165,7 @@ class Sandbox:
         self.resetters: list[Callable[[], None]] = []  # forget provider state
         self.key_forgetters: dict[str, Callable[[], None]] = {}  # provider -> forget its idempotency keys
         self.webhooks = WebhookDispatcher()
+        self.activate_accounts = False  # unknown connected accounts are created active when first asked for
         self._server: ThreadingHTTPServer | None = None
         self.url = ""
         self._register_control_routes()
@@ -283,9 +297,42 @@ class Sandbox:
 
         @self.route("POST", "/_control/webhooks", "_control.webhooks")
         def configure_webhooks(request: SandboxRequest, match: re.Match[str]) -> SandboxResponse:
-            options = request.json()
-            self.webhooks.configure(options.pop("provider"), **options)
+            try:
+                options = request.json()
+                self.webhooks.configure(str(options.pop("provider")), **options)
+            except (AttributeError, KeyError, TypeError, ValueError) as error:
+                return SandboxResponse(400, {"error": f"webhook settings: {error!r}"})
             return SandboxResponse(200, {"ok": True})
+
+        @self.route("GET", "/_control/webhooks", "_control.webhooks.stats")
+        def webhook_stats(request: SandboxRequest, match: re.Match[str]) -> SandboxResponse:
+            return SandboxResponse(200, self.webhooks.stats())
+
+        @self.route("POST", "/_control/webhooks/wait", "_control.webhooks.wait")
+        def webhooks_wait(request: SandboxRequest, match: re.Match[str]) -> SandboxResponse:
+            try:
+                timeout = min(float(request.json().get("timeout", 10)), 300.0)
+            except (AttributeError, TypeError, ValueError) as error:
+                return SandboxResponse(400, {"error": f"timeout: {error!r}"})
+            idle = self.webhooks.wait_idle(timeout)
+            return SandboxResponse(200 if idle else 504, self.webhooks.stats())
+
+        @self.route("GET", "/_control/webhooks/deliveries", "_control.webhooks.deliveries")
+        def webhook_deliveries(request: SandboxRequest, match: re.Match[str]) -> SandboxResponse:
+            provider = (request.query.get("provider") or [""])[0]
+            try:
+                limit = int((request.query.get("limit") or ["50"])[0] or 50)
+            except ValueError:
+                return SandboxResponse(400, {"error": "limit must be a whole number"})
+            found = [d.summary() for d in list(self.webhooks.delivered) if not provider or d.provider == provider]
+            return SandboxResponse(200, {"deliveries": found[-limit:] if limit > 0 else []})
+
+        @self.route("GET", "/_control/health", "_control.health")
+        def health(request: SandboxRequest, match: re.Match[str]) -> SandboxResponse:
+            stats = self.webhooks.stats()
+            providers = sorted({route.operation.split(".")[0] for route in self.routes} - {"_control"})
+            webhooks = {"pending": stats["pending"], "idle": stats["idle"], "failed": stats["failed"]}
+            return SandboxResponse(200, {"status": "ok", "url": self.url, "providers": providers, "webhooks": webhooks})
 
         @self.route("POST", "/_control/forget_keys", "_control.forget_keys")
         def forget_keys(request: SandboxRequest, match: re.Match[str]) -> SandboxResponse:

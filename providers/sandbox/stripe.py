@@ -12,7 +12,8 @@ Kept as Stripe does it:
   succeeded (automatic); requires_capture -> succeeded (capture, full or partial) or canceled;
 - refunds never exceed the captured amount, transfer reversals never exceed the transfer;
 - connected accounts (`GET /v1/accounts/{id}`) are made and changed by `account_set(sandbox, id, transfers=...)`
-  (or `POST /stripe/_simulate/accounts/{id}`), which sends `account.updated`; a transfer to a known account
+  (or `POST /stripe/_simulate/accounts/{id}`), which sends `account.updated`; with `sandbox.activate_accounts`
+  an unknown account asked for is made active first (as `manage.py sandbox` runs); a transfer to a known account
   whose `transfers` capability is not active gets 400 `insufficient_capabilities_for_transfer` (not stored);
 - events (`evt_...`) POSTed to the URL configured for provider "stripe", signed
   `Stripe-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "{t}.{body}">` with settings.STRIPE_WEBHOOK_SECRET;
@@ -212,6 +213,15 @@ def account_set(sandbox: Sandbox, account_id: str, *, transfers: str = "active")
 def state_of(sandbox: Sandbox) -> StripeState:
     state: StripeState = sandbox.stripe  # type: ignore[attr-defined]
     return state
+
+
+def _webhook_headers(body: bytes) -> dict[str, str]:
+    """One delivery attempt's headers: signed now, with the secret configured now (each retry anew)."""
+    return {
+        "Content-Type": "application/json; charset=utf-8",
+        "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+        "Stripe-Signature": stripe_signature(body, settings.STRIPE_WEBHOOK_SECRET, _now()),
+    }
 
 
 def stripe_signature(body: bytes, secret: str, timestamp: int) -> str:
@@ -714,13 +724,7 @@ class StripeApi:
             }
             with self.sandbox.lock:
                 self.state.events.append(event)
-            body = json.dumps(event, indent=2).encode()
-            headers = {
-                "Content-Type": "application/json; charset=utf-8",
-                "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
-                "Stripe-Signature": stripe_signature(body, settings.STRIPE_WEBHOOK_SECRET, _now()),
-            }
-            self.sandbox.webhooks.send("stripe", body, headers)
+            self.sandbox.webhooks.send("stripe", json.dumps(event, indent=2).encode(), sign=_webhook_headers)
 
     # --- lookups
     def _find(self, table: dict[str, Obj], kind: str, object_id: str, param: str = "id") -> Obj:
@@ -988,6 +992,8 @@ class StripeApi:
 
     # --- Connected accounts (escrow sellers)
     def retrieve_account(self, call: Call) -> Obj:
+        if self.sandbox.activate_accounts and call.object_id not in self.state.accounts:
+            self.account_set(call.object_id, transfers="active")  # its owner finished onboarding
         return self._find(self.state.accounts, "account", call.object_id, "account")
 
     def account_set(self, account_id: str, *, transfers: str) -> Obj:

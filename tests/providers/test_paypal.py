@@ -90,8 +90,11 @@ def batch_status(paypal: PayPalClient, batch_id: str) -> str:
 
 
 def delivered_events(sandbox: Sandbox) -> list[dict]:
+    """The PayPal events delivered, in the order PayPal sent them (deliveries run in parallel, in any order)."""
     sandbox.webhooks.wait_idle()
-    return [json.loads(delivery.body) for delivery in sandbox.webhooks.delivered if delivery.provider == "paypal"]
+    deliveries = [d for d in sandbox.webhooks.delivered if d.provider == "paypal" and d.outcome == "delivered"]
+    delivered = {json.loads(delivery.body)["id"] for delivery in deliveries}
+    return [event for event in paypal_sandbox(sandbox).sent_events if event["id"] in delivered]
 
 
 def unused_url() -> str:
