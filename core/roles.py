@@ -31,6 +31,8 @@ ROLES: dict[str, list[str]] = {
         "payouts.prepare_payoutbatch",
         "payouts.execute_payoutbatch",
         "payouts.add_winnerselection",
+        "payouts.add_payoutcycle",
+        "payouts.change_payoutcycle",
         "providers.reprocess_webhookevent",
         "providers.sync_moneymovement",
         "core.release_processinglock",
@@ -44,6 +46,7 @@ ROLES: dict[str, list[str]] = {
     "Finance approver": [
         *VIEW,
         "payouts.approve_payoutbatch",
+        "payouts.fund_payoutcycle",
         "ledger.reverse_transaction",
         "providers.add_refund",
         "providers.reset_circuit_breaker",

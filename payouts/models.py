@@ -26,6 +26,9 @@ class PayoutCycle(TimestampedModel):
     name = models.CharField(max_length=200)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.PROTECT, related_name="+")
 
+    class Meta:
+        permissions = [("fund_payoutcycle", "Can fund the prize pool of a payout cycle")]
+
     def __str__(self) -> str:
         return f"cycle {self.pk}: {self.name}"
 

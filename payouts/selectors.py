@@ -8,13 +8,18 @@ from dataclasses import dataclass
 
 from django.db.models import Count, OuterRef, QuerySet, Subquery, Sum
 
+from core.money import Money
+from ledger.models import Account, Entry
+from ledger.selectors import account_balance
 from payouts.models import (
     OPERATION_CANCEL_UNCLAIMED,
     OPERATION_PAYPAL_BATCH,
     OPERATION_STRIPE_TRANSFER,
     PayoutBatch,
     PayoutItem,
+    WinnerSelection,
 )
+from providers.accounts import account_code
 from providers.models import MoneyMovement
 
 # The most telling status first: a batch with one transfer unknown and the rest succeeded shows "unknown".
@@ -86,3 +91,44 @@ def movement_status_by_batch(batch_ids: Iterable[int]) -> dict[int, str]:
         batch_id: next(status for status in MOVEMENT_STATUS_ORDER if status in statuses)
         for batch_id, statuses in found.items()
     }
+
+
+@dataclass(frozen=True)
+class CyclePool:
+    """A cycle's winners in one currency, and what the prize pool (winnings payable, shared by every cycle) still
+    has available to reserve for batches."""
+
+    currency: str
+    winners: int
+    owed: Money
+    available: Money
+
+
+def pool_available(currency: str) -> Money:
+    account = Account.objects.filter(code=account_code("winnings_payable", currency)).first()
+    return account_balance(account).available if account is not None else Money.zero(currency)
+
+
+def cycle_pools(cycle_id: int) -> list[CyclePool]:
+    """Per currency of the cycle's winners: how many, their total, and the pool available now."""
+    totals = (
+        WinnerSelection.objects.filter(cycle_id=cycle_id)
+        .order_by()
+        .values_list("currency")
+        .annotate(n=Count("id"), total=Sum("amount_minor"))
+    )
+    return [
+        CyclePool(currency, n, Money(total, currency), pool_available(currency))
+        for currency, n, total in sorted(totals)
+    ]
+
+
+def funded_by_currency(ledger_key_prefix: str) -> dict[str, Money]:
+    """What the postings whose ledger key starts with `ledger_key_prefix` moved, per currency (their debits)."""
+    rows = (
+        Entry.objects.filter(transaction__idempotency_key__startswith=ledger_key_prefix, amount_minor__gt=0)
+        .order_by()
+        .values_list("currency")
+        .annotate(total=Sum("amount_minor"))
+    )
+    return {currency: Money(total, currency) for currency, total in sorted(rows)}

@@ -4,13 +4,12 @@ Money, statuses and provider references are read-only. Changes to deals are acti
 escrow.deals service per deal with request.user (which checks the permission itself) and report each
 outcome, or the AppError's user_message and action_required. A deal's page lists its money movements (what
 Stripe was asked, under which key, and what is known of it), each linked to its page with 'Sync now'.
-Tiers and seller accounts are configuration: editable, every change audited, never deleted.
+Tiers are configuration: editable, every change audited, never deleted. Seller accounts: escrow.admin.sellers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
@@ -26,7 +25,7 @@ from core.exports import CsvExportMixin
 from core.labels import help_column, status_column
 from core.money import Money
 from escrow.deals import deal_cancel, deal_release, deal_release_approve, deal_transfer_retry
-from escrow.models import CommissionTier, EscrowDeal, SellerAccount
+from escrow.models import CommissionTier, EscrowDeal
 from escrow.resources import EscrowDealResource
 from providers.admin import AuditedConfigAdmin
 from providers.models import MoneyMovement
@@ -41,18 +40,6 @@ class CommissionTierAdmin(AuditedConfigAdmin):
     @admin.display(description="Rate")
     def rate_percent(self, tier: CommissionTier) -> str:
         return f"{tier.rate_bps / 100:g}%"
-
-
-@admin.register(SellerAccount)
-class SellerAccountAdmin(AuditedConfigAdmin):
-    list_display = ("stripe_account_id", "user", "commission_tier", "can_receive_transfers", "account_updated_at")
-    list_filter = ("can_receive_transfers", "commission_tier")
-    search_fields = ("stripe_account_id", "user__username", "user__email")
-    raw_id_fields = ("user",)
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
-        kept_by_stripe = ("can_receive_transfers", "account_updated_at")
-        return (*kept_by_stripe, "user", "stripe_account_id") if obj is not None else kept_by_stripe
 
 
 @admin.register(EscrowDeal)

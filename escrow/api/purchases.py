@@ -28,6 +28,7 @@ from core.api import (
 )
 from core.errors import NotFound
 from core.money import Money
+from escrow.api.catalogue import ServiceCatalogueView
 from escrow.models import PurchasableService, Purchase, PurchaseRefund
 from escrow.purchases import purchase_cancel, purchase_create, purchase_refund, purchase_report_delivery
 
@@ -215,6 +216,7 @@ class PurchaseRefundView(IdempotentMixin, APIView):
 
 urlpatterns = [
     path("", PurchaseListCreateView.as_view(), name="purchase-list"),
+    path("services/", ServiceCatalogueView.as_view(), name="service-list"),
     path("<int:purchase_id>/", PurchaseDetailView.as_view(), name="purchase-detail"),
     path("<int:purchase_id>/cancel/", PurchaseCancelView.as_view(), name="purchase-cancel"),
     path("<int:purchase_id>/delivery/", PurchaseDeliveryView.as_view(), name="purchase-delivery"),
