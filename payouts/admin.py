@@ -31,6 +31,8 @@ from core.errors import AppError
 from core.exports import CsvExportMixin
 from core.labels import help_column, label_of, status_column
 from core.money import Money, MoneyError, money_in_bounds
+from core.paginators import LargeTableAdminMixin
+from payouts.admin_cycles import PrizePoolFundingMixin
 from payouts.models import PayoutBatch, PayoutCycle, PayoutItem, RecipientType, WinnerSelection
 from payouts.resources import PayoutItemResource
 from payouts.selectors import StatusProgress, movement_status_by_batch, progress_by_batch
@@ -115,13 +117,13 @@ class BatchInline(ReadOnlyInline):
 
 
 @admin.register(PayoutCycle)
-class PayoutCycleAdmin(ServiceActionsMixin, AuditedConfigAdmin):
+class PayoutCycleAdmin(PrizePoolFundingMixin, ServiceActionsMixin, AuditedConfigAdmin):
     list_display = ("id", "name", "created_by", "created_at", "winner_count", "batches")
     search_fields = ("name",)
     fields = ("name", "created_by", "created_at", "winners", "import_winners")
     readonly_fields = ("created_by", "created_at", "winners", "import_winners")
     inlines = (BatchInline,)
-    actions = ("prepare",)
+    actions = ("prepare", "fund_prize_pool")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[PayoutCycle]:
         return super().get_queryset(request).annotate(winner_count=Count("selections", distinct=True))
@@ -514,13 +516,14 @@ class PayoutBatchAdmin(ServiceActionsMixin, ReadOnlyAdmin):
 
 
 @admin.register(PayoutItem)
-class PayoutItemAdmin(CsvExportMixin, ServiceActionsMixin, ReadOnlyAdmin):
+class PayoutItemAdmin(CsvExportMixin, ServiceActionsMixin, LargeTableAdminMixin, ReadOnlyAdmin):
     resource_classes = (PayoutItemResource,)
     list_display = ("sender_item_id", "batch", "recipient_type", "receiver", "amount", status_column, help_column,
                     "provider_item_id", "updated_at")  # fmt: skip
     list_filter = ("status", "batch", "recipient_type")
     list_select_related = ("batch",)
-    search_fields = ("=sender_item_id", "receiver", "=provider_item_id")
+    # Identifiers exactly, the receiver in any case: each has an index (payouts/0005); a substring scans every row.
+    search_fields = ("sender_item_id__exact", "=receiver", "provider_item_id__exact")
     readonly_fields = ("amount",)
     exclude = ("amount_minor",)
     actions = ("cancel_unclaimed",)

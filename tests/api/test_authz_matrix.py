@@ -557,6 +557,11 @@ def t_purchases(world: World) -> Target:
     return Target("/api/v1/purchases/", sees=_results_have("id", purchase.pk))
 
 
+def t_services(world: World) -> Target:
+    _catalogue()
+    return Target("/api/v1/purchases/services/", sees=_results_have("code", "phone-verification"))
+
+
 def t_purchase_create(world: World) -> Target:
     _catalogue()
     return Target(
@@ -596,6 +601,14 @@ def t_spend_limits(world: World) -> Target:
 
 def t_health(world: World) -> Target:
     return Target("/api/health/payments", sees=lambda body: "providers" in body)  # per-provider details
+
+
+def t_health_check(path: str) -> Callable[[World], Target]:
+    return lambda world: Target(path, sees=lambda body: "reasons" in body)  # reasons and details for staff
+
+
+def t_metrics(world: World) -> Target:
+    return Target("/metrics")  # by address or token, not by principal: tests/ops/test_metrics.py
 
 
 def t_analytics(name: str) -> Callable[[World], Target]:
@@ -702,6 +715,9 @@ API_ROWS = [
     ApiRow("purchases-api:purchase-list", "GET", t_purchases,        (401, 200, 200, 200, 200, 200, 200, 200),
            frozenset({"customer_a"})),
     ApiRow("purchases-api:purchase-list", "POST", t_purchase_create, (401, 201, 201, 201, 201, 201, 201, 201)),
+    # the catalogue is no one's: every signed-in user sees it
+    ApiRow("purchases-api:service-list", "GET", t_services,          (401, 200, 200, 200, 200, 200, 200, 200),
+           frozenset(PRINCIPALS) - {"anonymous"}),
     ApiRow("purchases-api:purchase-detail", "GET", t_purchase,       (401, 200, 404, 200, 200, 200, 404, 200),
            A_AND_FINANCE),
     # staff other than the buyer need escrow.refund_purchase to cancel: those who can see it are told so (403)
@@ -722,6 +738,10 @@ API_ROWS = [
       for name in ANALYTICS if apps.is_installed("analytics")),
     # status for everyone; per-provider details for staff
     ApiRow("health-payments", "GET", t_health, ALL, STAFF),
+    ApiRow("health", "GET", t_health_check("/api/health"), ALL, STAFF),
+    *(ApiRow(f"health-{check}", "GET", t_health_check(f"/api/health/{check}"), ALL, STAFF)
+      for check in ("database", "redis", "celery")),
+    ApiRow("metrics", "GET", t_metrics, ALL),  # the test client's loopback address is allowed
     ApiRow("api-schema", "GET", t_schema, ALL),
     ApiRow("api-docs", "GET", t_docs, ALL),
     # webhooks: no principal at all; an unsigned event is refused whoever sends it
@@ -846,6 +866,12 @@ def s_prepare(world: World) -> Selection:
     return Selection([cycle.pk], lambda: PayoutBatch.objects.filter(cycle=cycle).exists())
 
 
+def s_fund_pool(world: World) -> Selection:
+    cycle, key = _cycle_with_a(world), uuid.uuid4().hex
+    funded = Transaction.objects.filter(idempotency_key=f"winnings-fund:cycle-{cycle.pk}:{key}")
+    return Selection([cycle.pk], funded.exists, {"amount": "100.00", "currency": "USD", "funding_key": key})
+
+
 def s_batch(stage: str, done_status: str) -> Callable[[World], Selection]:
     def build(world: World) -> Selection:
         batch = _batch(world, stage)
@@ -942,6 +968,8 @@ ADMIN_ROWS = [
     #                                                           anon A  B  view oper appr staff super
     AdminRow(PayoutCycle, "prepare", s_prepare,                  (L, L, L, R, DONE, R, 403, DONE),
              "payouts.prepare_payoutbatch", confirm=False),
+    AdminRow(PayoutCycle, "fund_prize_pool", s_fund_pool,        (L, L, L, R, R, DONE, 403, DONE),
+             "payouts.fund_payoutcycle"),
     AdminRow(PayoutBatch, "approve", s_batch("prepared", "approved"), (L, L, L, R, R, DONE, 403, DONE),
              "payouts.approve_payoutbatch"),
     AdminRow(PayoutBatch, "execute", s_batch("approved", "submitted"), (L, L, L, R, DONE, R, 403, DONE),
