@@ -43,8 +43,18 @@ class Pending:
 
 @dataclass(frozen=True)
 class Unknown:
+    """We do not know whether it took effect.
+
+    `answered`: the provider answered normally, but its answer cannot settle the outcome yet (Stripe Search
+    may lag behind a PaymentIntent just made): a healthy call for the breaker, and not worth asking again at once.
+    `asked`: False when nothing was asked at all (our own circuit refused the look-up): it spends no step of the
+    sync schedule (providers.protocol.engine).
+    """
+
     reason: str
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    answered: bool = False
+    asked: bool = True
 
 
 ProviderResult = Succeeded | Declined | Pending | Unknown

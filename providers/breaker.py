@@ -74,7 +74,9 @@ class CallOutcome(StrEnum):
 def call_outcome(result: ProviderResult) -> CallOutcome:
     """How a result counts for the provider's availability (not for the payment)."""
     if isinstance(result, Unknown):
-        return CallOutcome.FAILURE
+        if not result.asked:
+            return CallOutcome.NOT_CALLED
+        return CallOutcome.SUCCESS if result.answered else CallOutcome.FAILURE
     if isinstance(result, Declined) and result.code in NOT_CALLED_CODES:
         return CallOutcome.NOT_CALLED
     if isinstance(result, Declined) and result.code in FAILURE_CODES:

@@ -46,7 +46,9 @@ def backoff_delay(retry: int, *, base_delay: float, max_delay: float, rng: Calla
 def should_retry(result: ProviderResult, *, idempotent: bool) -> bool:
     if not idempotent:
         return False
-    return isinstance(result, Unknown) or (isinstance(result, Declined) and result.retryable)
+    if isinstance(result, Unknown):
+        return not result.answered  # an answer that cannot settle it yet gives the same answer again now
+    return isinstance(result, Declined) and result.retryable
 
 
 def circuit_open(breaker: CircuitBreaker) -> Declined:

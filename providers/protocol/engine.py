@@ -39,6 +39,7 @@ from core.services import audit_record
 from ledger.services import retry_on_conflict
 from monitoring.metrics import movement_outcome_counted
 from providers.base import FOUND_FAILED, Absent, Declined, LookupResult, Pending, ProviderResult, Succeeded, Unknown
+from providers.breaker import NOT_CALLED_CODES
 from providers.models import MoneyMovement
 from providers.protocol.operations import Operation, operation_get
 from providers.protocol.pause import protocol_pause
@@ -198,6 +199,8 @@ def _look_up(recipe: Operation, movement: MoneyMovement) -> LookupResult | None:
     outcome: Any = call_provider(movement.provider, method, ask, idempotent=True)
     if answers and answers[-1] is None:
         return None
+    if isinstance(outcome, Declined) and outcome.code in NOT_CALLED_CODES:
+        return Unknown(reason=f"not looked up: {outcome.reason}", asked=False)  # our circuit: nothing was asked
     if isinstance(outcome, Declined) and outcome.code != FOUND_FAILED:
         return Unknown(reason=f"the look-up was refused ({outcome.code}): {outcome.reason}")  # proves nothing
     return outcome
@@ -230,8 +233,15 @@ def _record(
             return _finish(row, recipe, Status.DECLINED, result, now, release)
         if isinstance(result, Pending):
             return _wait(row, recipe, result, now, release)
-        _stay_open(row, recipe, _reason(result), now, release)
+        _stay_open(row, recipe, _reason(result), now, release, asked=_asked(result))
         return []
+
+
+def _asked(result: ProviderResult) -> bool:
+    """Whether the provider was asked at all: not when our own open circuit refused the call."""
+    if isinstance(result, Unknown):
+        return result.asked
+    return not (isinstance(result, Declined) and result.code in NOT_CALLED_CODES)
 
 
 def _finish(
@@ -267,9 +277,9 @@ def _wait(row: MoneyMovement, recipe: Operation, result: Pending, now: Any, rele
     return list(recipe.on_waiting(row, result) or ())
 
 
-def _stay_open(row: MoneyMovement, recipe: Operation, reason: str, now: Any, release: dict) -> None:
+def _stay_open(row: MoneyMovement, recipe: Operation, reason: str, now: Any, release: dict, *, asked: bool) -> None:
     """Unknown (or a refusal that proves nothing): nothing is recorded as done or not done."""
-    fields = {"failure_reason": reason[:500], **release, **_next_sync(row, recipe, reason, now)}
+    fields = {"failure_reason": reason[:500], **release, **_next_sync(row, recipe, reason, now, asked=asked)}
     if row.status == Status.PENDING:
         MoneyMovement.status_move(row.pk, Status.UNKNOWN, sources=[Status.PENDING], was_unknown=True, **fields)
         recipe.on_unknown(row, reason)
@@ -279,7 +289,11 @@ def _stay_open(row: MoneyMovement, recipe: Operation, reason: str, now: Any, rel
     MoneyMovement.objects.filter(pk=row.pk).update(updated_at=now, **fields)
 
 
-def _next_sync(row: MoneyMovement, recipe: Operation, reason: str, now: Any) -> dict[str, Any]:
+def _next_sync(row: MoneyMovement, recipe: Operation, reason: str, now: Any, *, asked: bool = True) -> dict[str, Any]:
+    """The next look. One not made (our circuit is open: staff have its alert) spends no step of the schedule,
+    so a provider outage does not use up every movement's looks and escalate each one."""
+    if not asked:
+        return {"next_sync_at": now + SYNC_SCHEDULE[0]}
     step = row.sync_attempts
     if step < len(SYNC_SCHEDULE):
         return {"sync_attempts": step + 1, "next_sync_at": now + SYNC_SCHEDULE[step]}

@@ -246,7 +246,8 @@ class StripeProviderClient:
         matches = [intent for intent in found if _carries_key(intent, idempotency_key)]
         if not matches:
             if first_attempt_at is not None and timezone.now() - first_attempt_at < SEARCH_FRESHNESS:
-                return Unknown(reason=f"no PaymentIntent for key {idempotency_key} yet; Stripe Search may lag")
+                reason = f"no PaymentIntent for key {idempotency_key} yet; Stripe Search may lag"
+                return Unknown(reason=reason, answered=True)
             return Absent(reason=f"no PaymentIntent carries idempotency key {idempotency_key}")
         return intent_result(_oldest(matches, "PaymentIntent", idempotency_key))
 

@@ -83,3 +83,19 @@ def test_a_plain_list_is_counted_by_its_length():
     paginator = TenRowPaginator(list(range(25)), per_page=10)
 
     assert (paginator.count, paginator.num_pages, paginator.count_is_estimate) == (25, 3, False)
+
+
+@on_postgres
+def test_the_changelist_says_about_when_its_count_is_an_estimate(admin_client, monkeypatch):
+    from providers.admin import WebhookEventAdmin
+    from providers.models import WebhookEvent
+
+    monkeypatch.setattr(WebhookEventAdmin, "paginator", TenRowPaginator)
+    monkeypatch.setattr(paginators, "planner_row_estimate", lambda queryset: 12_345)
+    events = [WebhookEvent(provider="stripe", event_id=f"evt_{n}", signature_valid=True, body="{}") for n in range(5)]
+    WebhookEvent.objects.bulk_create(events)
+    assert b"about 5 " not in admin_client.get("/admin/providers/webhookevent/").content  # counted exactly
+
+    WebhookEvent.objects.bulk_create(WebhookEvent(provider="paypal", event_id=f"WH-{n}", signature_valid=True,
+                                                  body="{}") for n in range(10))  # fmt: skip
+    assert b"about 12345 webhook events" in admin_client.get("/admin/providers/webhookevent/").content

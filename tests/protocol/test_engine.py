@@ -17,6 +17,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from core.models import Alert
+from providers.base import Unknown
 from providers.breaker import breaker_for
 from providers.models import MoneyMovement
 from providers.protocol import engine
@@ -82,6 +83,7 @@ def test_when_the_schedule_runs_out_exactly_one_alert_is_open_and_the_sweeper_st
     movement = refund_started(fast_sandbox, applied_then_timeout())
     fast_sandbox.add_fault(Fault(operation="stripe.*", kind="error", times=None, status=503))
     for _ in range(len(engine.SYNC_SCHEDULE) + 3):
+        breaker_for("stripe").reset()  # each sweep really asks Stripe (a look our open circuit refused spends no step)
         make_due()
         engine.movements_sweep()
     movement.refresh_from_db()
@@ -95,6 +97,30 @@ def test_when_the_schedule_runs_out_exactly_one_alert_is_open_and_the_sweeper_st
     fast_sandbox.clear_faults()  # staff look again ('Sync now'): found, finished; the alert stays for staff
     breaker_for("stripe").reset()  # the run of 503s opened it
     movement = engine.movement_sync(movement_id=movement.pk, force=True)
+    assert movement.status == Status.SUCCEEDED
+    assert refunds_at_stripe(fast_sandbox) == [rows_payments.REFUND]
+
+
+@pytest.mark.django_db
+def test_a_look_our_open_circuit_refused_spends_no_step_of_the_schedule(fast_sandbox, default_payment_config):
+    movement = refund_started(fast_sandbox, applied_then_timeout())
+    attempts = movement.sync_attempts
+    breaker = breaker_for("stripe")
+    for _ in range(breaker.config.failure_threshold):
+        breaker.record(Unknown(reason="timed out"))  # a Stripe outage seen by other calls
+    calls = dict(fast_sandbox.calls)
+    for _ in range(len(engine.SYNC_SCHEDULE) + 2):  # an outage longer than the whole schedule
+        make_due()
+        engine.movements_sweep()
+    movement.refresh_from_db()
+    assert dict(fast_sandbox.calls) == calls  # nothing was asked while the circuit was open
+    assert (movement.status, movement.sync_attempts, movement.escalated_at) == (Status.UNKNOWN, attempts, None)
+    assert movement.next_sync_at is not None and not open_alert(movement)
+
+    breaker.reset()  # Stripe is back: the next look finds the refund the timed-out call made
+    make_due()
+    engine.movements_sweep()
+    movement.refresh_from_db()
     assert movement.status == Status.SUCCEEDED
     assert refunds_at_stripe(fast_sandbox) == [rows_payments.REFUND]
 

@@ -167,6 +167,21 @@ def test_every_call_made_is_recorded_on_the_breaker(breaker, sleeps):
     assert breaker.state().failures == 1
 
 
+def test_an_answer_that_cannot_settle_it_yet_is_a_healthy_call_and_not_asked_again_at_once(breaker, sleeps):
+    lagging = Unknown(reason="no PaymentIntent for the key yet; Search may lag", answered=True)
+    for _ in range(breaker.config.failure_threshold + 1):
+        provider = ScriptedProvider(lagging, PAID)
+        assert retry(provider, sleeps, idempotent=True, breaker=breaker) == lagging
+        assert provider.keys == [KEY]
+    assert (breaker.state().state, breaker.state().failures, sleeps) == (CircuitState.CLOSED, 0, [])
+
+
+def test_a_look_up_nobody_made_is_not_counted(breaker):
+    breaker.record(UNKNOWN)
+    breaker.record(Unknown(reason="not looked up: circuit open", asked=False))
+    assert breaker.state().failures == 1
+
+
 def test_each_attempt_is_observed_with_its_latency(sleeps):
     ticks = iter([10.0, 10.25, 11.0, 11.5])
     observed: list[tuple[ProviderResult, float]] = []
