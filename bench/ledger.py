@@ -16,8 +16,12 @@ Phases, each printed as it finishes:
 3. pgbench's TPC-B-like script with 8 clients on the same server;
 4. an integrity check of the ledger the run wrote.
 
+Before the workers, this process alone posts through the batched service for BENCH_BATCH_SECONDS
+(default 10): `transactions_post_many` calls of BENCH_BATCH_SIZE (default 1000) uniform transfers,
+each its own transaction and key, one commit per call; the figure is entries per second.
+
 The last line is machine-readable:
-    ledger uniform_tps=N hot_tps=N pgbench_tps=N uniform_vs_pgbench=R hot_vs_uniform=R
+    ledger uniform_tps=N hot_tps=N batch_entries_per_s=N pgbench_tps=N uniform_vs_pgbench=R hot_vs_uniform=R
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ WORKERS = int(os.environ.get("BENCH_WORKERS", "8"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "20"))
 USERS = int(os.environ.get("BENCH_USERS", "1000"))
 MODES = ("uniform", "hot")
+# The batched service: one process posting BATCH_SIZE transfers per `transactions_post_many` call.
+BATCH_SIZE = int(os.environ.get("BENCH_BATCH_SIZE", "1000"))
+BATCH_SECONDS = float(os.environ.get("BENCH_BATCH_SECONDS", "10"))
 # Each mode runs in ROUNDS slices, alternating (uniform, hot, uniform, hot): load from other
 # processes on this small machine then weighs on both modes alike.
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
@@ -219,6 +226,61 @@ def run_workers(server: Server, database_url: str) -> dict[str, ModeFigures]:
     return figures
 
 
+# --- batches ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchFigures:
+    batches: int
+    transactions: int
+    entries: int
+    seconds: float
+    cpu_seconds: float
+
+    @property
+    def entries_per_s(self) -> float:
+        return self.entries / self.seconds if self.seconds > 0 else 0.0
+
+    def show(self) -> None:
+        print(
+            f"ledger batches: {self.batches} calls of {BATCH_SIZE} transfers, {self.transactions} transactions, "
+            f"{self.entries} entries in {self.seconds:.1f} s = {self.entries_per_s:.0f} entries/s "
+            f"({self.transactions / self.seconds:.0f} transactions/s; one process, one connection; "
+            f"CPU {self.cpu_seconds:.1f} s here)",
+            flush=True,
+        )
+
+
+def run_batches(seconds: float) -> BatchFigures:
+    """`transactions_post_many` from this one process for `seconds`: each call BATCH_SIZE transfers between
+    random user wallets (two entries each, its own key), every call one commit."""
+    from django.db.models import Count
+
+    from ledger.models import Entry
+    from ledger.services import transactions_post_many
+
+    rng = random.Random("batches")
+    entries_before = Entry.objects.count()
+    batches = 0
+    started, cpu = time.monotonic(), time.process_time()
+    while time.monotonic() - started < seconds:
+        requests = [batch_request(rng, f"bench:batch:{batches}:{n}") for n in range(BATCH_SIZE)]
+        transactions_post_many(requests=requests)
+        batches += 1
+    elapsed, cpu = time.monotonic() - started, time.process_time() - cpu
+    entries = Entry.objects.count() - entries_before
+    posted = Entry.objects.filter(transaction__kind="bench.batch").aggregate(n=Count("transaction", distinct=True))
+    figures = BatchFigures(batches, posted["n"], entries, elapsed, cpu)
+    figures.show()
+    return figures
+
+
+def batch_request(rng: random.Random, key: str) -> Any:
+    from ledger.services import PostingRequest
+
+    return PostingRequest(key, "bench.batch", pick_legs("uniform", rng, USERS))
+
+
 # --- pgbench ------------------------------------------------------------------
 
 _TPS = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.MULTILINE)
@@ -321,7 +383,7 @@ def check_integrity() -> bool:
 # --- main -----------------------------------------------------------------------
 
 
-def run(server: Server, dbname: str) -> tuple[dict[str, ModeFigures], float, bool]:
+def run(server: Server, dbname: str) -> tuple[dict[str, ModeFigures], BatchFigures, float, bool]:
     database_url = server.url(dbname)
     django_setup(database_url)
     from django.core.management import call_command
@@ -333,9 +395,11 @@ def run(server: Server, dbname: str) -> tuple[dict[str, ModeFigures], float, boo
     create_accounts(USERS)
     print(f"created and funded {USERS} user accounts in {time.monotonic() - started:.1f} s", flush=True)
     checkpoint(server)
+    batch = run_batches(BATCH_SECONDS)
+    checkpoint(server)
     figures = run_workers(server, database_url)
     pgbench_tps = run_pgbench(server, dbname, round(SECONDS))
-    return figures, pgbench_tps, check_integrity()
+    return figures, batch, pgbench_tps, check_integrity()
 
 
 def ratio(numerator: float, denominator: float) -> float:
@@ -347,12 +411,13 @@ def main() -> int:
     server = Server.from_url(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres"))
     started = time.monotonic()
     with bench_database(server, "ledger") as dbname:
-        figures, pgbench_tps, ok = run(server, dbname)
+        figures, batch, pgbench_tps, ok = run(server, dbname)
     uniform, hot = figures["uniform"].tps, figures["hot"].tps
     print(f"total {time.monotonic() - started:.0f} s")
     print(
-        f"ledger uniform_tps={uniform:.0f} hot_tps={hot:.0f} pgbench_tps={pgbench_tps:.0f} "
-        f"uniform_vs_pgbench={ratio(uniform, pgbench_tps):.2f} hot_vs_uniform={ratio(hot, uniform):.2f}",
+        f"ledger uniform_tps={uniform:.0f} hot_tps={hot:.0f} batch_entries_per_s={batch.entries_per_s:.0f} "
+        f"pgbench_tps={pgbench_tps:.0f} uniform_vs_pgbench={ratio(uniform, pgbench_tps):.2f} "
+        f"hot_vs_uniform={ratio(hot, uniform):.2f}",
         flush=True,
     )
     return 0 if ok else 1

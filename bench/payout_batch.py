@@ -1,4 +1,4 @@
-"""Throughput of one 15,000-item PayPal payout batch: prepare, submit, settle (payouts/services.py).
+"""Throughput of one 15,000-item PayPal payout batch: prepare, submit, settle (payouts/services/).
 
 Usage:
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/backoffice .venv/bin/python bench/payout_batch.py
@@ -17,18 +17,26 @@ Phases, each measured on its own and printed as it finishes:
    its total is above PAYOUT_APPROVAL_THRESHOLD_MINOR, as a real cycle's would be);
 2. submit: `batch_execute` sends one PayPal create with every item, which the sandbox
    validates (the official schema, then PayPal's own checks) before answering;
-3. settle: the sandbox ticks until every item is final (timed apart: that is the
-   provider's work, not ours), then `batch_sync` pages through the batch and posts
-   every item's hold. The figure is the `batch_sync` time.
+3. settle: the sandbox ticks until every item is final (timed apart as "provider": that is
+   the provider's work, not ours), then `batch_sync` pages through the batch, each page of
+   1000 items one transaction that posts its holds with one batched ledger call (two pages
+   applied at once; BENCH_APPLIERS=N sets settings.PAYOUT_SETTLE_APPLIERS). The figure is
+   the `batch_sync` time.
 
-Each phase also reports its SQL query count. BENCH_PROFILE=prepare,submit,settle (or "all")
-runs those phases under cProfile and prints where the time goes (the figures are then
-slower than without it). The checks at the end: the batch is completed, every item is
-SUCCESS, every hold is posted, the payable account owes what was not paid, and
+Each phase also reports its Django query count (the ledger's own statements and the appliers'
+connections are not seen), this process's CPU time (our code and the in-process sandbox) and
+the CPU time of the PostgreSQL backend serving this process's connection.
+BENCH_PROFILE=prepare,submit,settle (or "all") runs those phases under cProfile and prints
+where the time goes (the figures are then slower than without it; settle then applies one
+page at a time, as cProfile sees one thread). The checks at the end: the batch is completed,
+every item is SUCCESS, every hold is posted, the payable account owes what was not paid, and
 `ledger_integrity_report()` is clean.
 
+total_seconds is prepare + submit + provider + settle: from prepare until every item is final
+and posted (the approval by a second person in between is not counted).
+
 The last line is machine-readable:
-    payout_batch items=N prepare_items_per_s=N submit_items_per_s=N settle_items_per_s=N peak_rss_mb=N
+    payout_batch items=N prepare_items_per_s=N submit_items_per_s=N settle_items_per_s=N total_seconds=N peak_rss_mb=N
 """
 
 from __future__ import annotations
@@ -160,6 +168,8 @@ class PhaseFigures:
     items: int
     seconds: float
     queries: int
+    cpu_seconds: float = 0.0  # this process: our code and the in-process sandbox
+    server_cpu_seconds: float = 0.0  # the PostgreSQL backend serving this process
 
     @property
     def items_per_s(self) -> float:
@@ -169,6 +179,7 @@ class PhaseFigures:
         print(
             f"{self.name}: {self.items} items in {self.seconds:.2f} s = {self.items_per_s:.0f} items/s, "
             f"{self.queries} Django queries ({self.queries / max(self.items, 1):.1f} per item), "
+            f"CPU {self.cpu_seconds:.2f} s here + {self.server_cpu_seconds:.2f} s in PostgreSQL, "
             f"peak RSS so far {peak_rss_mb():.0f} MB{note}",
             flush=True,
         )
@@ -206,19 +217,34 @@ def measure(name: str, items: int, func: Callable[[], T]) -> tuple[T, PhaseFigur
 
     counter = QueryCounter()
     profiler = cProfile.Profile() if name in PROFILED else None
+    server_cpu = backend_cpu_seconds()
     with connection.execute_wrapper(counter):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         if profiler is not None:
             result = profiler.runcall(func)
         else:
             result = func()
-        seconds = time.perf_counter() - started
-    figures = PhaseFigures(name, items, seconds, counter.count)
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    figures = PhaseFigures(name, items, seconds, counter.count, cpu, backend_cpu_seconds() - server_cpu)
     figures.show(" (under cProfile)" if profiler is not None else "")
     if profiler is not None:
         counter.show(name)
         print_profile(name, profiler)
     return result, figures
+
+
+def backend_cpu_seconds() -> float:
+    """CPU time of the PostgreSQL backend behind Django's connection, from /proc (0 when it is elsewhere)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def print_profile(name: str, profiler: cProfile.Profile) -> None:
@@ -272,11 +298,18 @@ def run_phases(server: Server, sandbox: Any, setup: Setup) -> tuple[dict[str, Ph
 
     started = time.perf_counter()
     ticks = tick_until_final(sandbox, batch.provider_batch_id)
-    print(f"sandbox: every item final after {ticks} ticks, {time.perf_counter() - started:.2f} s", flush=True)
+    provider = PhaseFigures("provider", ITEMS, time.perf_counter() - started, 0)  # the sandbox's own work
+    print(f"sandbox: every item final after {ticks} ticks, {provider.seconds:.2f} s", flush=True)
 
     checkpoint(server)
+    from django.conf import settings
+
+    if "settle" in PROFILED:  # cProfile sees one thread: apply the pages one at a time
+        settings.PAYOUT_SETTLE_APPLIERS = 1
+    elif "BENCH_APPLIERS" in os.environ:
+        settings.PAYOUT_SETTLE_APPLIERS = int(os.environ["BENCH_APPLIERS"])
     batch, settle = measure("settle", ITEMS, lambda: batch_sync(batch_id=batch.pk))
-    return {"prepare": prepare, "submit": submit, "settle": settle}, batch.pk
+    return {"prepare": prepare, "submit": submit, "provider": provider, "settle": settle}, batch.pk
 
 
 # --- checks ---------------------------------------------------------------------------
@@ -338,11 +371,17 @@ def main() -> int:
     started = time.monotonic()
     with bench_database(server, "payout_batch") as dbname:
         figures, ok = run(server, dbname)
-    print(f"total {time.monotonic() - started:.0f} s")
+    print(f"total {time.monotonic() - started:.0f} s (with setup and migrations)")
+    end_to_end = sum(phase.seconds for phase in figures.values())
+    print(
+        f"prepare through every item final and posted: {end_to_end:.2f} s = "
+        + " + ".join(f"{name} {phase.seconds:.2f} s" for name, phase in figures.items())
+    )
     print(
         f"payout_batch items={ITEMS} prepare_items_per_s={figures['prepare'].items_per_s:.0f} "
         f"submit_items_per_s={figures['submit'].items_per_s:.0f} "
-        f"settle_items_per_s={figures['settle'].items_per_s:.0f} peak_rss_mb={peak_rss_mb():.0f}",
+        f"settle_items_per_s={figures['settle'].items_per_s:.0f} total_seconds={end_to_end:.2f} "
+        f"peak_rss_mb={peak_rss_mb():.0f}",
         flush=True,
     )
     return 0 if ok else 1

@@ -13,12 +13,15 @@ The modules, by what they do (each states the invariants it keeps):
   reversing one; how a write plan is built and applied by `ledger.writer`;
 - `accounts`: creating accounts and the platform's accounts, and the account
   facts each process remembers;
-- `holds`: reserving money, posting or releasing it, expiring due holds.
+- `holds`: reserving money, posting or releasing it, expiring due holds;
+- `batch`: posting in bulk: many transactions, or many holds posted and voided, in one call and one
+  commit, each transaction still idempotent by its own key (applied by `ledger.batch`).
 
 Import from `ledger.services`: every name other apps use is re-exported here.
 """
 
 from ledger.services.accounts import PlatformAccount, account_create, forget_account_facts, platform_accounts
+from ledger.services.batch import HoldPosting, PostingRequest, holds_settle_many, transactions_post_many
 from ledger.services.holds import (
     HoldRequest,
     hold_create,
@@ -40,9 +43,11 @@ from ledger.services.posting import (
 
 __all__ = [
     "RETRYABLE_SQLSTATES",
+    "HoldPosting",
     "HoldRequest",
     "Leg",
     "PlatformAccount",
+    "PostingRequest",
     "account_create",
     "credit",
     "debit",
@@ -53,8 +58,10 @@ __all__ = [
     "hold_void",
     "holds_create_many",
     "holds_expire_due",
+    "holds_settle_many",
     "platform_accounts",
     "retry_on_conflict",
     "transaction_post",
     "transaction_reverse",
+    "transactions_post_many",
 ]

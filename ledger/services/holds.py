@@ -12,17 +12,19 @@ Invariants kept here:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import structlog
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from core.errors import AppError, IdempotencyMismatch, InvalidRequest, InvalidStateTransition, NotFound
 from core.money import Money
+from ledger.batch import LockedHold
 from ledger.models import Hold, Transaction
 from ledger.services.accounts import _account_facts
 from ledger.services.posting import (
@@ -136,7 +138,7 @@ def holds_create_many(*, requests: Sequence[HoldRequest]) -> list[Hold]:
         h.idempotency_key: h for h in Hold.objects.filter(idempotency_key__in=[h.idempotency_key for h in holds])
     }
     new = [hold for hold in holds if hold.idempotency_key not in existing]
-    Hold.objects.bulk_create(new, batch_size=2000)
+    _holds_insert(new)
     plan = WritePlan(transaction=None, accounts=list(accounts.values()))
     for hold in new:
         _plan_hold_pending(plan, hold, accounts, sign=+1)
@@ -148,6 +150,48 @@ def holds_create_many(*, requests: Sequence[HoldRequest]) -> list[Hold]:
         else hold
         for hold in holds
     ]
+
+
+_HOLDS_INSERT_SQL = """
+INSERT INTO ledger_hold (created_at, updated_at, status, posted_minor, idempotency_key, request_hash,
+                         debit_account_id, debit_shard, credit_account_id, credit_shard, amount_minor, currency,
+                         kind, description, metadata, expires_at)
+SELECT %s, %s, %s, 0, h.*
+  FROM jsonb_to_recordset(%s::jsonb)
+       AS h (idempotency_key text, request_hash text, debit_account_id bigint, debit_shard int,
+             credit_account_id bigint, credit_shard int, amount_minor bigint, currency text, kind text,
+             description text, metadata jsonb, expires_at timestamptz)
+RETURNING id, idempotency_key
+"""
+_HOLD_COLUMNS = (
+    "idempotency_key", "request_hash", "debit_account_id", "debit_shard", "credit_account_id", "credit_shard",
+    "amount_minor", "currency", "kind", "description", "metadata",
+)  # fmt: skip
+
+
+def _holds_insert(holds: list[Hold]) -> None:
+    """Insert new holds and set their ids: one statement on PostgreSQL (the rows as one JSON text, far cheaper
+    to send than arrays of strings), a bulk insert elsewhere."""
+    if connection.vendor != "postgresql":
+        Hold.objects.bulk_create(holds, batch_size=2000)
+        return
+    if not holds:
+        return
+    now = timezone.now()
+    rows = [
+        {
+            **{name: getattr(hold, name) for name in _HOLD_COLUMNS},
+            "expires_at": hold.expires_at and hold.expires_at.isoformat(),
+        }
+        for hold in holds
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_HOLDS_INSERT_SQL, [now, now, Hold.Status.PENDING, json.dumps(rows)])
+        pks = dict((key, pk) for pk, key in cursor.fetchall())
+    alias = connection.alias
+    for hold in holds:
+        hold.pk, hold.created_at, hold.updated_at = pks[hold.idempotency_key], now, now
+        hold._state.adding, hold._state.db = False, alias
 
 
 def _same_hold_or_mismatch(existing: Hold, request_hash: str) -> Hold:
@@ -211,7 +255,7 @@ def hold_post(*, hold_id: int, amount: Money | None = None, metadata: dict[str, 
     return txn
 
 
-def _require_pending(hold: Hold, target: str) -> None:
+def _require_pending(hold: Hold | LockedHold, target: str) -> None:
     if target not in Hold.TRANSITIONS[Hold.Status(hold.status)]:
         raise InvalidStateTransition(
             f"hold {hold.pk} is {hold.status}, cannot become {target}",

@@ -55,6 +55,7 @@ from core.errors import (
 from core.money import Money
 from core.permissions import require_permission
 from core.services import audit_record
+from ledger.batch import LockedHold
 from ledger.models import Hold, Transaction
 from ledger.services.accounts import _account_facts, _remember_after_commit, forget_account_facts
 from ledger.writer import (
@@ -143,21 +144,28 @@ def _apply(plan: WritePlan, accounts: dict[str, AccountFacts]) -> int | None:
     try:
         return apply_plan(plan)
     except ShortOfFunds as short:
-        account = next(a for a in accounts.values() if a.id == short.account_id)
-        changes = [change for (account_id, _), change in plan.changes.items() if account_id == account.id]
-        requested = -sum(change.posted - change.pending_out for change in changes)
-        raise InsufficientFunds(
-            f"account {account.code} has {short.available_minor} available, the movement needs {requested}",
-            details={
-                "account": account.code,
-                "currency": account.currency,
-                "available_minor": short.available_minor,
-                "requested_minor": requested,
-            },
-        ) from None
+        raise _insufficient_funds(short, accounts, [plan]) from None
 
 
-def _plan_hold_pending(plan: WritePlan, hold: Hold, accounts: dict[str, AccountFacts], sign: int) -> None:
+def _insufficient_funds(
+    short: ShortOfFunds, accounts: dict[str, AccountFacts], plans: Sequence[WritePlan]
+) -> InsufficientFunds:
+    """The error for a refused balance change; `requested_minor` is what the plans take from the account."""
+    account = next(a for a in accounts.values() if a.id == short.account_id)
+    changes = [change for plan in plans for (account_id, _), change in plan.changes.items() if account_id == account.id]
+    requested = -sum(change.posted - change.pending_out for change in changes)
+    return InsufficientFunds(
+        f"account {account.code} has {short.available_minor} available, the movement needs {requested}",
+        details={
+            "account": account.code,
+            "currency": account.currency,
+            "available_minor": short.available_minor,
+            "requested_minor": requested,
+        },
+    )
+
+
+def _plan_hold_pending(plan: WritePlan, hold: Hold | LockedHold, accounts: dict[str, AccountFacts], sign: int) -> None:
     """Add (sign=+1) or release (sign=-1) a hold's pending amounts on its two shards.
 
     The hold debits one account and credits the other: for each, that lowers
@@ -235,7 +243,42 @@ def _post(
 ) -> tuple[Transaction, bool]:
     """Post legs once per key; returns (transaction, created)."""
     accounts = _account_facts(leg.account_code for leg in legs)
+    plan = _posting_plan(
+        accounts,
+        idempotency_key=idempotency_key,
+        kind=kind,
+        legs=legs,
+        description=description,
+        metadata=metadata,
+        event_at=event_at,
+        reverses_id=reverses_id,
+        settle_hold=settle_hold,
+    )
+    assert plan.transaction is not None
+    transaction_id = _apply(plan, accounts)
+    if transaction_id is None:
+        return _existing_transaction(idempotency_key, plan.transaction.request_hash), False
+    _remember_after_commit(accounts)
+    return _transaction_from_row(transaction_id, plan.transaction), True
+
+
+def _posting_plan(
+    accounts: dict[str, AccountFacts],
+    *,
+    idempotency_key: str,
+    kind: str,
+    legs: Sequence[Leg],
+    description: str,
+    metadata: dict[str, Any] | None,
+    event_at: datetime | None,
+    reverses_id: int | None = None,
+    settle_hold: Hold | LockedHold | None = None,
+    now: datetime | None = None,
+) -> WritePlan:
+    """Validate legs and build the write plan of one posting (`accounts` holds every account of its legs);
+    `now` (default: the time now) is its creation time, and its event time unless `event_at` says otherwise."""
     _validate_legs(legs, accounts)
+    now = now or timezone.now()
     row = TransactionRow(
         idempotency_key=idempotency_key,
         request_hash=_request_hash(
@@ -244,14 +287,15 @@ def _post(
         kind=kind,
         description=description,
         metadata=metadata or {},
-        event_at=event_at or timezone.now(),
-        created_at=timezone.now(),
+        event_at=event_at or now,
+        created_at=now,
         reverses_id=reverses_id,
     )
-    shards = {code: account.pick_shard() for code, account in accounts.items()}
+    shards = {leg.account_code: accounts[leg.account_code].pick_shard() for leg in legs}
     if settle_hold is not None:  # a hold's legs land on the shards it reserved
-        shards[settle_hold.debit_account.code] = settle_hold.debit_shard
-        shards[settle_hold.credit_account.code] = settle_hold.credit_shard
+        codes = {account.id: code for code, account in accounts.items()}
+        shards[codes[settle_hold.debit_account_id]] = settle_hold.debit_shard
+        shards[codes[settle_hold.credit_account_id]] = settle_hold.credit_shard
     plan = WritePlan(transaction=row, accounts=list(accounts.values()))
     for leg in legs:
         account = accounts[leg.account_code]
@@ -264,28 +308,16 @@ def _post(
         )
     if settle_hold is not None:
         _plan_hold_pending(plan, settle_hold, accounts, sign=-1)
-    transaction_id = _apply(plan, accounts)
-    if transaction_id is None:
-        return _existing_transaction(idempotency_key, row.request_hash), False
-    _remember_after_commit(accounts)
-    return _transaction_from_row(transaction_id, row), True
+    return plan
 
 
-def _transaction_from_row(transaction_id: int, row: TransactionRow) -> Transaction:
-    txn = Transaction(
-        id=transaction_id,
-        idempotency_key=row.idempotency_key,
-        request_hash=row.request_hash,
-        kind=row.kind,
-        description=row.description,
-        metadata=row.metadata,
-        event_at=row.event_at,
-        created_at=row.created_at,
-        reverses_id=row.reverses_id,
-    )
-    txn._state.adding = False
-    txn._state.db = connection.alias
-    return txn
+_TRANSACTION_FIELDS = [field.attname for field in Transaction._meta.concrete_fields]
+
+
+def _transaction_from_row(transaction_id: int, row: TransactionRow, alias: str | None = None) -> Transaction:
+    """The posted transaction, without reading it back (built as a query's row is: several times cheaper)."""
+    values = [transaction_id if name == "id" else getattr(row, name) for name in _TRANSACTION_FIELDS]
+    return Transaction.from_db(alias or connection.alias, _TRANSACTION_FIELDS, values)
 
 
 @retry_on_conflict(atomic=False)

@@ -1,10 +1,12 @@
 """Paying a cycle's winners: every write, by lifecycle step.
 
 - prepare.py: identifiers, funding, batching the unpaid winners and reserving their money (ledger holds);
+- funding.py: staff funding a cycle's prize pool, once per request, audited;
 - approve.py: maker-checker;
 - execute.py: the intent (`submitting` plus the money movements) and the one send through the protocol;
 - operations.py: the protocol recipes (payout.paypal_batch, payout.stripe_transfer, payout.cancel_unclaimed);
-- track.py: items move forward with the ledger; sent batches are followed until every item is final;
+- settle.py: items move forward with the ledger, a page of item updates in one transaction;
+- track.py: sent batches are followed until every item is final;
 - retry.py: retry batches for the known unpaid, and cancelling unclaimed items (staff and the beat job).
 
 Each module's docstring states the invariants it keeps and the ledger postings it makes.
@@ -12,6 +14,7 @@ Each module's docstring states the invariants it keeps and the ledger postings i
 
 from payouts.services.approve import MakerCheckerViolation, batch_approve
 from payouts.services.execute import batch_execute, cycle_disburse
+from payouts.services.funding import PrizePoolFunding, cycle_funding_key_prefix, prize_pool_fund
 from payouts.services.operations import register_payout_operations, transfer_key
 from payouts.services.prepare import (
     batch_checksum,
@@ -27,17 +30,19 @@ from payouts.services.prepare import (
     winnings_payable,
 )
 from payouts.services.retry import batch_retry_failed, item_cancel_unclaimed, items_cancel_unclaimed_due
+from payouts.services.settle import ItemUpdate, item_apply_status, items_apply_statuses
 from payouts.services.track import (
     batch_movements_sync,
     batch_progress,
     batch_sync,
     batches_followed,
     batches_sync_due,
-    item_apply_status,
 )
 
 __all__ = [
+    "ItemUpdate",
     "MakerCheckerViolation",
+    "PrizePoolFunding",
     "batch_approve",
     "batch_checksum",
     "batch_execute",
@@ -49,11 +54,14 @@ __all__ = [
     "batches_followed",
     "batches_sync_due",
     "cycle_disburse",
+    "cycle_funding_key_prefix",
     "cycle_prepare",
     "item_apply_status",
     "item_cancel_unclaimed",
+    "items_apply_statuses",
     "items_cancel_unclaimed_due",
     "prize_expense",
+    "prize_pool_fund",
     "provider_clearing",
     "register_payout_operations",
     "selection_problems",

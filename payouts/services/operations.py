@@ -20,7 +20,7 @@ the breaker and the retry policy, recording the outcome once, the sweeper and th
 - Unclaimed cancel: PayPal's cancel takes no idempotency key, so the engine never repeats it by itself
   (`retry_safe` is False); a later attempt always looks the item up first.
 
-Ledger postings happen through the items (see track.py): a transfer's success posts the item's hold, its
+Ledger postings happen through the items (see settle.py): a transfer's success posts the item's hold, its
 decline voids it; an accepted batch posts nothing until its items succeed; a denied batch voids every hold;
 a cancelled unclaimed item (RETURNED before it was paid) voids its hold.
 """
@@ -38,7 +38,8 @@ from payouts.models import (
     PayoutItem,
 )
 from payouts.services.alerts import batch_denied_alert
-from payouts.services.track import batch_progress, item_apply_status
+from payouts.services.settle import ItemUpdate, item_apply_status, items_apply_statuses
+from payouts.services.track import batch_progress
 from providers.base import Absent, Declined, LookupResult, Pending, ProviderResult, Succeeded, Unknown, found_failed
 from providers.models import MoneyMovement
 from providers.paypal.client import PayoutItemRequest, PayPalClient
@@ -71,15 +72,10 @@ class PayPalBatchCreate(Operation):
 
     def send(self, movement: MoneyMovement) -> ProviderResult:
         batch = PayoutBatch.objects.get(pk=movement.subject_id)
+        fields = ("receiver", "amount_minor", "currency", "sender_item_id", "recipient_type")
         items = [
-            PayoutItemRequest(
-                receiver=i.receiver,
-                amount_minor=i.amount_minor,
-                currency=i.currency,
-                sender_item_id=i.sender_item_id,
-                recipient_type=i.recipient_type,
-            )
-            for i in batch.items.order_by("id")
+            PayoutItemRequest(**dict(zip(fields, row, strict=True)))
+            for row in batch.items.order_by("id").values_list(*fields)
         ]
         with PayPalClient() as paypal:
             result = paypal.create_batch(sender_batch_id=movement.key, items=items)
@@ -111,8 +107,10 @@ class PayPalBatchCreate(Operation):
             batch_id, PayoutBatch.Status.DENIED, sources=[PayoutBatch.Status.SUBMITTING], failure_reason=reason
         ):
             new_items = PayoutItem.objects.filter(batch_id=batch_id, status=PayoutItem.Status.NEW)
-            for item_pk in new_items.values_list("pk", flat=True):
-                item_apply_status(item_pk=item_pk, status=PayoutItem.Status.DENIED, error=reason)
+            denied = PayoutItem.Status.DENIED
+            items_apply_statuses(
+                updates=[ItemUpdate(pk, denied, error=reason) for pk in new_items.values_list("pk", flat=True)]
+            )
             batch_denied_alert(batch_id=batch_id, reason=reason)
         return None
 

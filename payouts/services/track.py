@@ -1,29 +1,22 @@
-"""Track: items move forward and the ledger follows them; a sent batch is followed until every item is final.
+"""Track: a sent batch is followed until every item is final; its items move forward through settle.py.
 
 Invariants kept:
-- item statuses only move forward (PayoutItem.TRANSITIONS): an old or repeated status changes nothing, so
-  webhooks and polling may arrive in any order and any number of times;
-- the ledger moves with the item, in the same transaction (table below), and so does the batch's staff alert
-  when the item ends unpaid or its money comes back (payouts.services.alerts);
+- item statuses only move forward, and the ledger moves with them (payouts.services.settle, which holds the
+  table of postings): each page of the batch that PayPal returns is applied as one page of item updates,
+  in one transaction;
 - following is a read (PayPal batch and item GETs), never a money call: what was sent, and whether it took
   effect, is the money movement's (providers.protocol), so a `submitting` batch is never asked about here;
 - a PayPal batch is followed while `submitted`, and after it `completed` while any item is PENDING, UNCLAIMED
   or ONHOLD, or was paid less than `follow_paid_for()` ago (settings.PAYOUT_FOLLOW_PAID_DAYS, default 30):
   PayPal returns unclaimed money (RETURNED) and may take a payment back (REFUNDED, REVERSED) after the batch
   itself has finished.
-
-Ledger postings (the item's hold was made at prepare: winnings payable -> provider clearing):
-
-| the item moves to                                   | posting                                         |
-|-----------------------------------------------------|-------------------------------------------------|
-| SUCCESS                                             | the hold posted (metadata: provider, reference) |
-| FAILED, BLOCKED, DENIED, CANCELED, RETURNED unpaid  | the hold voided: the reservation is released    |
-| RETURNED, REFUNDED, REVERSED after SUCCESS          | the hold's posting reversed: the money is back  |
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -36,14 +29,11 @@ from django.utils import timezone
 
 from core.errors import AppError
 from core.permissions import require_permission
-from ledger.models import Hold
-from ledger.services import hold_post, hold_void
-from ledger.services import transaction_reverse as ledger_reverse
 from payouts.models import PayoutBatch, PayoutItem
 from payouts.selectors import batch_movements
-from payouts.services.alerts import item_alert
 from payouts.services.prepare import batch_get
-from providers.base import Succeeded
+from payouts.services.settle import ItemUpdate, items_apply_statuses, pages_apply
+from providers.base import ProviderResult, Succeeded
 from providers.models import MoneyMovement
 from providers.paypal.client import PayPalClient
 from providers.protocol import movement_sync
@@ -59,38 +49,6 @@ FOLLOWED = (PayoutItem.Status.PENDING, PayoutItem.Status.UNCLAIMED, PayoutItem.S
 def follow_paid_for() -> timedelta:
     """How long a paid PayPal item is still followed for a return or reversal."""
     return timedelta(days=int(getattr(settings, "PAYOUT_FOLLOW_PAID_DAYS", 30)))
-
-
-# --- items and the ledger ---------------------------------------------------------------------
-
-
-def item_apply_status(*, item_pk: int, status: str, provider_item_id: str = "", error: str = "") -> bool:
-    """Move an item forward and keep the ledger in step; an old or repeated status changes nothing."""
-    with transaction.atomic():
-        item = PayoutItem.objects.select_for_update().get(pk=item_pk)
-        if status == item.status or status not in PayoutItem.TRANSITIONS.get(item.status, set()):
-            return False
-        was_paid = item.status == PayoutItem.Status.SUCCESS
-        item.status, item.error = status, error[:255]
-        item.provider_item_id = provider_item_id or item.provider_item_id
-        item.save(update_fields=["status", "error", "provider_item_id", "updated_at"])
-        _ledger_follow(item, was_paid)
-        item_alert(item)
-    return True
-
-
-def _ledger_follow(item: PayoutItem, was_paid: bool) -> None:
-    if item.hold_id is None:
-        return
-    if item.status == PayoutItem.Status.SUCCESS:
-        provider = {"provider": item.batch.provider, "provider_reference": item.provider_item_id}
-        hold_post(hold_id=item.hold_id, metadata=provider)
-    elif was_paid:  # returned, refunded or reversed after success: the money came back
-        posted = Hold.objects.get(pk=item.hold_id).posted_transaction_id
-        if posted is not None:
-            ledger_reverse(transaction_id=posted, reason=f"{item.sender_item_id} {item.status}")
-    elif item.status in PayoutItem.UNPAID_FINAL:
-        hold_void(hold_id=item.hold_id)
 
 
 # --- batches ----------------------------------------------------------------------------------
@@ -142,29 +100,53 @@ def _items_followed(batch: PayoutBatch) -> QuerySet[PayoutItem]:
 
 
 def _follow_items(items: list[tuple[int, str]]) -> None:
+    updates = []
     with PayPalClient() as paypal:
         for item_pk, provider_item_id in items:
             found = paypal.get_item(provider_item_id)
             if isinstance(found, Succeeded):
-                item_apply_status(item_pk=item_pk, status=found.status, provider_item_id=provider_item_id)
+                updates.append(ItemUpdate(item_pk, found.status, provider_item_id))
+    items_apply_statuses(updates=updates)
 
 
 def _follow_pages(batch: PayoutBatch) -> None:
+    """Each page PayPal returns is one page of item updates (one transaction); a page that did not come back
+    is asked again on the next run."""
     by_sender_item = dict(batch.items.values_list("sender_item_id", "pk"))
-    with PayPalClient() as paypal:
-        for page in range(1, math.ceil(batch.item_count / PAGE_SIZE) + 1):
-            result = paypal.get_batch(batch.provider_batch_id, page=page, page_size=PAGE_SIZE)
-            if not isinstance(result, Succeeded):
-                return  # asked again on the next run
-            entries: list[dict[str, Any]] = result.raw.get("items", [])
-            for entry in entries:
-                item_pk = by_sender_item.get(entry.get("payout_item", {}).get("sender_item_id", ""))
-                if item_pk is not None:
-                    item_apply_status(
-                        item_pk=item_pk, status=entry["transaction_status"], provider_item_id=entry["payout_item_id"]
-                    )
-            if len(entries) < PAGE_SIZE:
-                return
+    pages_apply(_page_updates(entries, by_sender_item) for entries in _batch_entries(batch))
+
+
+def _batch_entries(batch: PayoutBatch) -> Iterator[list[dict[str, Any]]]:
+    """The items of each page PayPal returns, until a page is short or does not come back."""
+    for result in _batch_pages(batch):
+        if not isinstance(result, Succeeded):
+            return
+        entries: list[dict[str, Any]] = result.raw.get("items", [])
+        yield entries
+        if len(entries) < PAGE_SIZE:
+            return
+
+
+def _batch_pages(batch: PayoutBatch) -> Iterator[ProviderResult]:
+    """PayPal's pages of the batch in order, each asked for (a read) while the one before is being applied."""
+    pages = math.ceil(batch.item_count / PAGE_SIZE)
+    with PayPalClient() as paypal, ThreadPoolExecutor(max_workers=1, thread_name_prefix="paypal-pages") as ahead:
+        asked = ahead.submit(paypal.get_batch, batch.provider_batch_id, page=1, page_size=PAGE_SIZE)
+        for page in range(1, pages + 1):
+            result = asked.result()
+            if page < pages:
+                asked = ahead.submit(paypal.get_batch, batch.provider_batch_id, page=page + 1, page_size=PAGE_SIZE)
+            yield result
+
+
+def _page_updates(entries: list[dict[str, Any]], by_sender_item: dict[str, int]) -> list[ItemUpdate]:
+    """The updates of a page of PayPal's batch items that are ours."""
+    updates = []
+    for entry in entries:
+        item_pk = by_sender_item.get(entry.get("payout_item", {}).get("sender_item_id", ""))
+        if item_pk is not None:
+            updates.append(ItemUpdate(item_pk, entry["transaction_status"], entry["payout_item_id"]))
+    return updates
 
 
 def batches_followed(*, now: Any = None) -> QuerySet[PayoutBatch]:
