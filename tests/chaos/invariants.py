@@ -1,6 +1,7 @@
 """The bank invariant (DESIGN.md section 12), checked after every step of every chaos test.
 
-Read from the database and the provider over HTTP only (the sandbox may be another process):
+Read from the database and the provider over HTTP (the sandbox may be another process; only item 6 also reads
+the sandbox's state directly when it runs in this process):
 1. the ledger: `ledger_integrity_report` clean (zero-sum transactions, balances equal to their entries, no
    account that may not go negative below zero) and the total of every currency's entries still zero;
 2. Stripe's side against ours, by the daily reconciliation (`monitoring.reconciliation`) of every day with a
@@ -11,7 +12,13 @@ Read from the database and the provider over HTTP only (the sandbox may be anoth
    and each succeeded money movement that moves money at Stripe has exactly one balance movement;
 4. no escrow deal or purchase has more than one live card authorization at Stripe;
 5. every open money movement has a next look scheduled (or its staff alert open); once `settled` (the
-   sweepers ran until quiet) none is left open without its staff alert.
+   sweepers ran until quiet) none is left open without its staff alert;
+6. PayPal, Maya and GCash one to one (one function each, objects read by tests.chaos.sandbox_objects): every
+   object that moved money at the sandbox (a paid PayPal item, a paid Maya or GCash payment, a refund) has
+   exactly one ledger transaction naming it (metadata provider and provider_reference; one reversed if the
+   money came back), every batch, payment or refund has exactly one succeeded movement of ours naming it, and
+   every such posting or movement names an object that moved money there. While something is in flight the
+   provider may be ahead: then an object without its posting or movement is tolerated.
 
 `bank_report(settled=...)` returns what it found; `assert_bank_invariant` fails the test with it.
 """
@@ -24,16 +31,18 @@ from datetime import date, timedelta
 
 import httpx
 from django.conf import settings
-from django.db.models import Count, Min, Sum
+from django.db.models import Count, Exists, Min, OuterRef, Sum
 from django.utils import timezone
 
 from core.models import Alert
 from escrow.models import EscrowDeal, Purchase
 from ledger.integrity import ledger_integrity_report
-from ledger.models import Entry
+from ledger.models import Entry, Transaction
 from monitoring.models import ReconciliationIssue, ReconciliationRun
 from monitoring.reconciliation import day_bounds, reconciliation_run, stripe_pages
+from payouts.models import PayoutItem
 from providers.models import MoneyMovement
+from tests.chaos.sandbox_objects import OPERATIONS, Moved, gcash_objects, maya_objects, paypal_objects
 
 Kind = ReconciliationIssue.Kind
 OPEN = MoneyMovement.OPEN
@@ -83,6 +92,9 @@ def bank_report(*, settled: bool) -> BankReport:
         _check_references(report, day, in_flight=in_flight)
     _check_authorizations(report)
     _check_open_movements(report, settled=settled)
+    _check_paypal(report, in_flight=in_flight or (not settled and _payout_items_open("paypal")))
+    _check_maya(report, in_flight=in_flight)
+    _check_gcash(report, in_flight=in_flight)
     return report
 
 
@@ -207,3 +219,96 @@ def _check_open_movements(report: BankReport, *, settled: bool) -> None:
             report.add(f"{label}: open without a next look or a staff alert", lost=1)
         elif settled:
             report.add(f"{label}: still open after the sweepers ran until quiet", lost=1)
+
+
+# --- 6. PayPal, Maya and GCash at the sandbox, the ledger and our movements --------------------------------------
+
+PAYOUT_ITEM_OPEN = (PayoutItem.Status.NEW, PayoutItem.Status.PENDING, PayoutItem.Status.UNCLAIMED,
+                    PayoutItem.Status.ONHOLD)  # fmt: skip
+
+
+def _payout_items_open(provider: str) -> bool:
+    """Items the provider may have paid before our poller or its webhook told us."""
+    return PayoutItem.objects.filter(batch__provider=provider, status__in=PAYOUT_ITEM_OPEN).exists()
+
+
+def _check_paypal(report: BankReport, *, in_flight: bool) -> None:
+    """Each paid (or paid and returned) payout item posted once; each batch made by one movement."""
+    _check_one_to_one(report, "paypal", paypal_objects(), in_flight=in_flight)
+
+
+def _check_maya(report: BankReport, *, in_flight: bool) -> None:
+    """Each paid payment and each refund posted once and the outcome of one movement."""
+    _check_one_to_one(report, "maya", maya_objects(), in_flight=in_flight)
+
+
+def _check_gcash(report: BankReport, *, in_flight: bool) -> None:
+    """Each paid payment (a charged source) and each refund posted once and the outcome of one movement."""
+    _check_one_to_one(report, "gcash", gcash_objects(), in_flight=in_flight)
+
+
+def _check_one_to_one(report: BankReport, provider: str, objects: list[Moved], *, in_flight: bool) -> None:
+    postings = _postings(provider)
+    movements = _movements(provider)
+    for moved in objects:
+        if moved.posted:
+            _check_posted(report, provider, moved, postings.get(moved.reference, []), in_flight=in_flight)
+        if moved.operation:
+            keys = movements.get((moved.operation, moved.reference), [])
+            _check_named(report, provider, moved, keys, in_flight=in_flight)
+    at_provider = {moved.reference for moved in objects}
+    for reference, found in postings.items():
+        if reference not in at_provider:
+            report.add(f"ledger transactions {[pk for pk, _ in found]} post {provider} {reference}, "
+                       f"which moved no money at {provider}")  # fmt: skip
+    for (operation, reference), keys in movements.items():
+        if reference not in at_provider:
+            report.add(f"movements {keys} ({operation}) succeeded as {reference!r}, which moved no money at {provider}")
+
+
+def _postings(provider: str) -> dict[str, list[tuple[int, bool]]]:
+    """The ledger transactions naming an object at the provider: (id, reversed) by its reference."""
+    reversed_ = Exists(Transaction.objects.filter(reverses=OuterRef("pk")))
+    rows = (
+        Transaction.objects.filter(metadata__provider=provider, reverses__isnull=True)
+        .exclude(metadata__provider_reference="")
+        .annotate(reversed=reversed_)
+        .values_list("pk", "metadata__provider_reference", "reversed")
+    )
+    found: dict[str, list[tuple[int, bool]]] = defaultdict(list)
+    for pk, reference, was_reversed in rows:
+        found[str(reference)].append((pk, was_reversed))
+    return found
+
+
+def _movements(provider: str) -> dict[tuple[str, str], list[str]]:
+    """Our succeeded movements that moved money at the provider: keys by (operation, provider reference)."""
+    succeeded = MoneyMovement.objects.filter(
+        provider=provider, operation__in=OPERATIONS[provider], status=MoneyMovement.Status.SUCCEEDED
+    )
+    found: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for key, operation, reference in succeeded.values_list("key", "operation", "provider_reference"):
+        found[(operation, reference)].append(key)
+    return found
+
+
+def _check_posted(
+    report: BankReport, provider: str, moved: Moved, found: list[tuple[int, bool]], *, in_flight: bool
+) -> None:
+    label = f"{moved.kind} {moved.reference}"
+    if len(found) > 1:
+        report.add(f"{label} is posted {len(found)} times: transactions {[pk for pk, _ in found]}",
+                   doubled=len(found) - 1)  # fmt: skip
+    elif not found and moved.net and not in_flight:
+        report.add(f"{provider} moved money for {label}; no ledger transaction posts it", lost=1)
+    elif found and not moved.net and not found[0][1]:
+        report.add(f"{label}: the money came back, but transaction {found[0][0]} posting it is not reversed")
+
+
+def _check_named(report: BankReport, provider: str, moved: Moved, keys: list[str], *, in_flight: bool) -> None:
+    label = f"{moved.kind} {moved.reference}"
+    if len(keys) > 1:
+        report.add(f"{label} is the outcome of {len(keys)} movements: {keys}", doubled=len(keys) - 1)
+    elif not keys and not in_flight:
+        text = f"{provider} holds {label}; no succeeded {moved.operation} of ours names it"
+        report.add(text, lost=int(moved.posted))  # a batch's money is counted by its items
