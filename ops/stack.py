@@ -44,6 +44,10 @@ STOP_SECONDS = 20.0  # SIGTERM, then SIGKILL
 POLL_SECONDS = 0.5
 WORKER_CONCURRENCY = 2
 WEB_WORKERS = 2
+# gthread: a worker serves WEB_THREADS requests at once and keeps HTTP/1.1 connections alive, so the waits of one
+# request (PostgreSQL, Redis, the sandbox) overlap with the work of another; the sync worker serves one request
+# and closes the connection after it (bench/webhooks.py: README, Chaos and load).
+WEB_THREADS = 8
 BEAT_READY_TEXT = b"beat: Starting"
 
 
@@ -118,6 +122,9 @@ class Stack:
     def _environment(self, extra: dict[str, str]) -> dict[str, str]:
         env = {
             **os.environ,
+            # The real settings, whoever starts it (a test run's DJANGO_SETTINGS_MODULE runs tasks eagerly in the
+            # process that queues them: beat and web would do the workers' work).
+            "DJANGO_SETTINGS_MODULE": "config.settings",
             "DATABASE_URL": self.database_url,
             "REDIS_URL": self.redis_url,
             "PROVIDER_MODE": "sandbox",
@@ -139,7 +146,8 @@ class Stack:
             "sandbox": [python, "manage.py", "sandbox", "--host", "127.0.0.1", "--port", str(self.sandbox_port),
                         "--webhook-base-url", self.web_url],
             "web": [python, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{self.web_port}",
-                    "--workers", str(WEB_WORKERS), "--access-logfile", "-"],
+                    "--workers", str(WEB_WORKERS), "--worker-class", "gthread", "--threads", str(WEB_THREADS),
+                    "--access-logfile", "-"],
         }  # fmt: skip
         for name in self.worker_names:
             commands[name] = [*celery, "worker", "-n", f"{name}@%h", "--loglevel", "info",

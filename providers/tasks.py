@@ -3,12 +3,18 @@
 from celery import shared_task
 
 from providers.protocol import movement_sync, movements_sweep
-from providers.webhooks import webhook_events_sweep, webhook_process
+from providers.webhooks import webhook_events_process, webhook_events_sweep, webhook_process
 
 
 @shared_task(name="providers.process_webhook_event", acks_late=True)
 def process_webhook_event_task(event_pk: int) -> str:
     return webhook_process(event_pk=event_pk).status
+
+
+@shared_task(name="providers.process_webhook_events", acks_late=True)
+def process_webhook_events_task(event_pks: list[int]) -> int:
+    """A burst of stored events in one message (providers.webhook_publisher), each claimed and processed once."""
+    return webhook_events_process(event_pks=event_pks)
 
 
 @shared_task(name="providers.sweep_webhook_events")

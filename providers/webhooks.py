@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import close_old_connections, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -27,6 +27,7 @@ from core.permissions import require_permission
 from core.services import audit_record
 from providers.base import InvalidSignature
 from providers.models import WebhookEvent
+from providers.webhook_publisher import webhook_event_enqueue, webhook_events_publish
 
 log = structlog.get_logger(__name__)
 
@@ -79,8 +80,12 @@ def register_handler(provider: str, event_type: str, handler: Handler) -> None:
         handlers.append(handler)
 
 
-def webhook_receive(*, provider: str, body: bytes, headers: Mapping[str, str]) -> tuple[WebhookEvent, bool]:
-    """Store a verified event once; returns (event, newly stored). Raises InvalidWebhookSignature."""
+def webhook_receive(
+    *, provider: str, body: bytes, headers: Mapping[str, str], admit_rejected: Callable[[], None] = lambda: None
+) -> tuple[WebhookEvent, bool]:
+    """Store a verified event once; returns (event, newly stored). Raises InvalidWebhookSignature or
+    MalformedWebhook after keeping a capped copy, or whatever `admit_rejected` (called first: the view's rate
+    limit on rejected requests) raises, keeping nothing."""
     verifier = _verifiers.get(provider)
     if verifier is None:
         raise NotFound(f"no webhook endpoint for provider {provider!r}", details={"provider": provider})
@@ -89,9 +94,11 @@ def webhook_receive(*, provider: str, body: bytes, headers: Mapping[str, str]) -
     try:
         verified = _well_formed(verifier(body, headers))
     except InvalidSignature as error:
+        admit_rejected()
         _store_rejected(provider, stored_headers, text, f"signature: {error}")
         raise InvalidWebhookSignature(f"{provider} webhook signature rejected: {error}") from error
     except MALFORMED as error:  # signed, but not an event of this provider's shape: 400, never a 500 redelivered
+        admit_rejected()
         _store_rejected(provider, stored_headers, text, f"malformed: {type(error).__name__}: {error}")
         raise MalformedWebhook(f"{provider} webhook body is malformed: {type(error).__name__}") from error
     return _store_verified(provider, verified, stored_headers, text)
@@ -135,27 +142,41 @@ def _claimed_event_id(text: str) -> str:
 def _store_verified(
     provider: str, verified: VerifiedEvent, headers: dict[str, str], text: str
 ) -> tuple[WebhookEvent, bool]:
-    try:
-        with transaction.atomic():
-            event = WebhookEvent.objects.create(
-                provider=provider,
-                event_id=verified.event_id,
-                event_type=verified.event_type,
-                signature_valid=True,
-                headers=headers,
-                body=text,
-            )
-            transaction.on_commit(lambda: _enqueue(event.pk))
-    except IntegrityError:
+    """One INSERT ... ON CONFLICT DO NOTHING (one round trip, no transaction of its own): a new event is stored, then
+    queued for processing; a duplicate (the partial unique constraint on valid events) inserts nothing and is
+    looked up."""
+    event = WebhookEvent(
+        provider=provider,
+        event_id=verified.event_id,
+        event_type=verified.event_type,
+        signature_valid=True,
+        headers=headers,
+        body=text,
+    )
+    event.pk = _insert_unless_stored(event)
+    if event.pk is None:
         duplicate = WebhookEvent.objects.get(provider=provider, event_id=verified.event_id, signature_valid=True)
         return duplicate, False
+    event._state.adding, event._state.db = False, connection.alias
+    transaction.on_commit(lambda: webhook_event_enqueue(event.pk))
     return event, True
 
 
-def _enqueue(event_pk: int) -> None:
-    from providers.tasks import process_webhook_event_task
-
-    process_webhook_event_task.delay(event_pk)
+def _insert_unless_stored(event: WebhookEvent) -> int | None:
+    """The new row's id, or None when a valid event with this (provider, event id) is stored already. Inside an
+    outer transaction the conflict leaves it usable (no IntegrityError, no savepoint needed)."""
+    meta = WebhookEvent._meta
+    fields = [field for field in meta.concrete_fields if not field.primary_key]
+    values = [field.get_db_prep_save(field.pre_save(event, True), connection) for field in fields]
+    quote = connection.ops.quote_name
+    sql = (
+        f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(field.column) for field in fields)}) "
+        f"VALUES ({', '.join(['%s'] * len(fields))}) ON CONFLICT DO NOTHING RETURNING {quote(meta.pk.column)}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        row = cursor.fetchone()
+    return None if row is None else int(row[0])
 
 
 def webhook_process(*, event_pk: int) -> WebhookEvent:
@@ -178,6 +199,22 @@ def webhook_process(*, event_pk: int) -> WebhookEvent:
         log.error("webhook.failed", provider=event.provider, event_id=event.event_id, error=repr(error))
         return _finish(event, WebhookEvent.Status.FAILED, error=repr(error))
     return _finish(event, WebhookEvent.Status.PROCESSED)
+
+
+def webhook_events_process(*, event_pks: list[int]) -> int:
+    """webhook_process for each event; one failing unexpectedly (left processing, for the sweeper) does not keep
+    the others waiting. Returns how many were processed without such a failure."""
+    done = 0
+    for event_pk in event_pks:
+        try:
+            webhook_process(event_pk=event_pk)
+        except Exception:  # as a task of its own would fail; the sweeper takes it up again
+            log.exception("webhook.process_crashed", event_pk=event_pk)
+            if not connection.in_atomic_block:  # a connection the failure broke is opened again for the next event
+                close_old_connections()
+            continue
+        done += 1
+    return done
 
 
 def _finish(event: WebhookEvent, status: str, error: str = "") -> WebhookEvent:
@@ -220,6 +257,5 @@ def webhook_events_sweep() -> int:
             signature_valid=True,
         ).values_list("pk", flat=True)[:1000]
     )
-    for event_pk in waiting:
-        _enqueue(event_pk)
+    webhook_events_publish(waiting)
     return stuck + len(waiting)
