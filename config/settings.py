@@ -5,6 +5,8 @@ eagerly in-process and the cache is local memory. Set DATABASE_URL to a
 PostgreSQL URL and REDIS_URL to a Redis URL for the real stack.
 """
 
+import secrets
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,9 +20,15 @@ env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEBUG = env.bool("DEBUG", default=False)
-# No built-in key with DEBUG off: whoever knows the key can forge sessions and signed values. (The Makefile's
-# targets generate one per run when none is set; production sets its own: config/settings_production.py.)
+# No built-in key with DEBUG off: whoever knows the key can forge sessions and signed values, so a server, a worker
+# or `check` refuses to start without one. (The Makefile's targets generate one per run when none is set;
+# production sets its own: config/settings_production.py.) One-off commands that neither serve nor sign anything
+# (migrations, collectstatic) run with a random key nobody knows.
+KEYLESS_COMMANDS = {"makemigrations", "migrate", "showmigrations", "sqlmigrate", "collectstatic", "help", "version"}
+_command = sys.argv[1] if len(sys.argv) > 1 and Path(sys.argv[0]).name in ("manage.py", "django-admin") else ""
 SECRET_KEY = env.str("SECRET_KEY", default="") or ("insecure-dev-key-change-me" if DEBUG else "")
+if not SECRET_KEY and _command in KEYLESS_COMMANDS:
+    SECRET_KEY = secrets.token_urlsafe(50)
 if not SECRET_KEY:
     raise ImproperlyConfigured(
         "SECRET_KEY is not set and DEBUG is off: refusing to start with a built-in key. Set SECRET_KEY to 50 or "

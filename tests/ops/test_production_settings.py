@@ -58,6 +58,13 @@ def test_debug_off_without_a_secret_key_refuses_to_start(module):
     assert REFUSAL in result.stderr
 
 
+@pytest.mark.parametrize("module", ["config.settings", "config.settings_production"])
+def test_migration_commands_run_without_a_secret_key(module):
+    result = manage("makemigrations", "--check", "--dry-run", DJANGO_SETTINGS_MODULE=module, SECRET_KEY="")
+
+    assert result.returncode == 0, result.stderr  # they neither serve nor sign: a random key nobody knows
+
+
 def test_debug_on_without_a_secret_key_starts_for_local_development():
     result = manage("check", DJANGO_SETTINGS_MODULE="config.settings", DEBUG="true", SECRET_KEY="")
 
