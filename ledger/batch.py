@@ -32,8 +32,6 @@ from django.utils import timezone
 
 from ledger.models import Entry, Hold
 from ledger.writer import (
-    _AVAILABLE_SQL,
-    _UPDATE_BALANCE_SQL,
     INSUFFICIENT_FUNDS_SQLSTATE,
     STALE_ACCOUNT_FACTS_SQLSTATE,
     AccountFacts,
@@ -45,6 +43,7 @@ from ledger.writer import (
     _claim_in_python,
     _fetch_prepared,
     _int_array,
+    shard_update,
 )
 
 CHUNK = 1000  # rows per `IN (...)` list on databases without arrays: well inside their limits on parameters
@@ -192,26 +191,13 @@ def _update_shards_in_python(
     totals: dict[tuple[int, int], tuple[ShardChange, int]],
 ) -> dict[tuple[int, int], list[int]]:
     """Update each shard once, in sorted order; return each shard's [balance, version] before the batch."""
-    before: dict[tuple[int, int], list[int]] = {}
     with connection.cursor() as cursor:
-        for (account_id, shard), (change, lowest) in sorted(totals.items()):
-            cursor.execute(
-                _UPDATE_BALANCE_SQL,
-                [
-                    *(change.posted, change.pending_out, change.pending_in, change.entries),
-                    *(account_id, shard),
-                    *(lowest, 0),  # the no-negative condition at the batch's lowest point
-                ],
-            )
-            after = cursor.fetchone()
-            if after is None:
-                cursor.execute(_AVAILABLE_SQL, [account_id])
-                (available,) = cursor.fetchone()
-                if available is None:
-                    raise RuntimeError(f"ledger account {account_id} has no balance row for shard {shard}")
-                raise ShortOfFunds(account_id, available)
-            before[account_id, shard] = [after[0] - change.posted, after[1] - change.entries]
-    return before
+        return {
+            (account_id, shard): shard_update(
+                cursor, account_id, shard, change, (lowest, 0)
+            )  # the batch's lowest point
+            for (account_id, shard), (change, lowest) in sorted(totals.items())
+        }
 
 
 def _apply_in_python(batch: BatchPlan) -> list[int | None]:

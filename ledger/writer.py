@@ -266,25 +266,27 @@ def _update_balances_in_python(plan: WritePlan) -> dict[tuple[int, int], list[in
     """Apply each shard change; return each shard's [balance, version] before this write's entries."""
     before: dict[tuple[int, int], list[int]] = {}
     with connection.cursor() as cursor:
-        for account_id, shard in plan.sorted_keys():
-            change = plan.changes[account_id, shard]
-            cursor.execute(
-                _UPDATE_BALANCE_SQL,
-                [
-                    *(change.posted, change.pending_out, change.pending_in, change.entries),
-                    *(account_id, shard),
-                    *(change.posted, change.pending_out),  # the no-negative condition
-                ],
-            )
-            after = cursor.fetchone()
-            if after is None:
-                cursor.execute(_AVAILABLE_SQL, [account_id])
-                (available,) = cursor.fetchone()
-                if available is None:
-                    raise RuntimeError(f"ledger account {account_id} has no balance row for shard {shard}")
-                raise ShortOfFunds(account_id, available)
-            before[account_id, shard] = [after[0] - change.posted, after[1] - change.entries]
+        for key in plan.sorted_keys():
+            change = plan.changes[key]
+            before[key] = shard_update(cursor, *key, change, (change.posted, change.pending_out))
     return before
+
+
+def shard_update(cursor: Any, account_id: int, shard: int, change: Any, floor: tuple[int, int]) -> list[int]:
+    """Add `change` to one balance shard unless the account would go below its floor (the no-negative condition,
+    checked with `floor`'s posted and pending-out amounts); the shard's [balance, version] before it."""
+    cursor.execute(
+        _UPDATE_BALANCE_SQL,
+        [*(change.posted, change.pending_out, change.pending_in, change.entries), *(account_id, shard), *floor],
+    )
+    after = cursor.fetchone()
+    if after is None:
+        cursor.execute(_AVAILABLE_SQL, [account_id])
+        (available,) = cursor.fetchone()
+        if available is None:
+            raise RuntimeError(f"ledger account {account_id} has no balance row for shard {shard}")
+        raise ShortOfFunds(account_id, available)
+    return [after[0] - change.posted, after[1] - change.entries]
 
 
 def _check_facts_in_python(plan: WritePlan) -> None:
