@@ -8,20 +8,18 @@ import html
 import uuid
 
 import pytest
-from django.contrib.auth.models import Group, User
 from django.contrib.messages import constants as message_levels
 from django.contrib.messages import get_messages
-from django.test import Client
 from django.urls import reverse
 from rest_framework.test import APIClient
 
 from core.models import AuditLog
-from core.roles import roles_sync
 from escrow.admin.sellers import NOT_ACTIVE
 from escrow.models import PurchasableService, SellerAccount, ServicePrice
 from providers.sandbox import stripe as stripe_sandbox
 from tests.escrow.factories_deals import UserFactory, tier
 from tests.escrow.factories_purchases import service_create
+from tests.staff import client_for, member
 
 pytestmark = pytest.mark.django_db
 
@@ -33,19 +31,6 @@ SERVICE_ADD = reverse("admin:escrow_purchasableservice_add")
 def _settings(settings):
     settings.PROVIDER_STATE_KEY_PREFIX = f"test:escrow-admin-create:{uuid.uuid4().hex}"
     settings.PROVIDER_RETRY_ATTEMPTS = 1
-
-
-def member(*roles: str) -> User:
-    roles_sync()
-    user = User.objects.create_user(f"staff-{uuid.uuid4().hex[:8]}", is_staff=True)
-    user.groups.set(Group.objects.filter(name__in=roles))
-    return User.objects.get(pk=user.pk)  # a fresh permission cache
-
-
-def client_for(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def said(response) -> list[tuple[int, str]]:

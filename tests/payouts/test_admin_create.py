@@ -8,7 +8,7 @@ import threading
 import uuid
 
 import pytest
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import User
 from django.contrib.messages import constants as message_levels
 from django.contrib.messages import get_messages
 from django.db import connection
@@ -18,29 +18,16 @@ from django.urls import reverse
 from core.errors import InvalidRequest
 from core.models import AuditLog
 from core.money import Money, amount_max_minor
-from core.roles import roles_sync
 from ledger.models import Transaction
 from payouts.models import PayoutBatch, PayoutCycle, WinnerSelection
 from payouts.selectors import pool_available
 from payouts.services import cycle_prepare, prize_pool_fund
+from tests.staff import client_for, member
 
 CHANGELIST = reverse("admin:payouts_payoutcycle_changelist")
 NO_PERMISSION = (
     "You do not have permission to do this. Ask an administrator for the permission '{}' or a finance role with it."
 )
-
-
-def member(*roles: str) -> User:
-    roles_sync()
-    user = User.objects.create_user(f"staff-{uuid.uuid4().hex[:8]}", is_staff=True)
-    user.groups.set(Group.objects.filter(name__in=roles))
-    return User.objects.get(pk=user.pk)  # a fresh permission cache
-
-
-def client_for(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def cycle_with_winners(name: str = "March") -> PayoutCycle:
