@@ -26,6 +26,7 @@ from core.services import audit_record
 from escrow.deals import seller_account_updated
 from escrow.models import CommissionTier, SellerAccount
 from providers.base import Declined, Succeeded
+from providers.retry import call_provider
 from providers.stripe.client import stripe_client
 
 LINK_PERMISSION = "escrow.add_selleraccount"
@@ -55,7 +56,11 @@ def connected_account_state(stripe_account_id: str) -> ConnectedAccountState:
             action_required="Copy the seller's connected account id from the Stripe dashboard.",
             details={"stripe_account_id": stripe_account_id},
         )
-    result = stripe_client().retrieve_account(account_id=stripe_account_id)
+    # A read, through the breaker, availability figures and retries like every provider call.
+    client = stripe_client()
+    result = call_provider(
+        "stripe", "accounts.retrieve", lambda: client.retrieve_account(account_id=stripe_account_id), idempotent=True
+    )
     if isinstance(result, Succeeded):
         return ConnectedAccountState(stripe_account_id, result.status, timezone.now())
     if isinstance(result, Declined) and result.code == "resource_missing":
