@@ -8,12 +8,17 @@ them: asset and expense accounts grow with debits, liability, equity and
 revenue accounts grow with credits. `Account.normal_sign` converts:
 balance change = amount_minor * normal_sign.
 
-Invariants, enforced by PostgreSQL (migration 0002) and mirrored in
-`ledger.services` for SQLite:
-1. a transaction's entries sum to zero per currency (deferred constraint
-   trigger, checked at commit), and a transaction has entries;
+Invariants, enforced by PostgreSQL (migrations 0002 and 0007) and mirrored
+in `ledger.services` for SQLite:
+1. a transaction's entries sum to zero per currency, and a transaction has
+   entries (a deferred constraint trigger, once per transaction at commit);
+   the entries one INSERT statement adds balance per transaction and
+   currency as well (a statement trigger), so a transaction's entries are
+   written in one statement and nothing unbalanced joins a posted one;
 2. transactions and entries are append-only (UPDATE and DELETE rejected);
-3. an entry's currency is its account's currency (composite foreign key);
+3. an entry names an existing transaction, and an account in the entry's
+   currency (the same statement trigger); accounts are never deleted and
+   keep their id;
 4. an account that may not go negative never does, counting pending holds
    (CHECK constraint on its balance row: posted - pending_out >= 0);
 5. an account's currency, type, sign rule and shard count never change.
@@ -109,9 +114,13 @@ class Transaction(models.Model):
 class Entry(models.Model):
     """One leg of a transaction on one balance shard of one account."""
 
-    transaction = models.ForeignKey(Transaction, on_delete=models.PROTECT, related_name="entries")
+    # On PostgreSQL one statement-level trigger checks both references for all the rows an INSERT adds
+    # (migration 0007), instead of a foreign key check and row lock per entry.
+    transaction = models.ForeignKey(Transaction, on_delete=models.PROTECT, related_name="entries", db_constraint=False)
     # Indexed by the composite indexes below, which start with the account.
-    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="entries", db_index=False)
+    account = models.ForeignKey(
+        Account, on_delete=models.PROTECT, related_name="entries", db_index=False, db_constraint=False
+    )
     shard = models.PositiveSmallIntegerField(default=0)
     amount_minor = models.BigIntegerField(help_text="Debit positive, credit negative.")
     currency = models.CharField(max_length=3)

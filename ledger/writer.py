@@ -160,7 +160,7 @@ _LEDGER_POST_SQL = (
 
 def _int_array(values: list[int]) -> str:
     """A PostgreSQL array literal of integers: cheaper to send than a generic list."""
-    return "{" + ",".join(str(int(value)) for value in values) + "}"
+    return "{" + ",".join(map(str, map(int, values))) + "}"
 
 
 def _ledger_post_params(plan: WritePlan) -> list[Any]:

@@ -30,6 +30,7 @@ from django.db import connection
 from django.utils import timezone
 
 from core.errors import IdempotencyMismatch, InvalidRequest, NotFound
+from core.gc_pause import collection_paused
 from core.money import Money
 from ledger.batch import BatchPlan, LockedHold, apply_batch, holds_lock, holds_mark
 from ledger.models import Account, Hold, Transaction
@@ -79,6 +80,7 @@ def _chunks(values: Sequence[T]) -> Iterator[Sequence[T]]:
 # --- transactions -----------------------------------------------------------------------------
 
 
+@collection_paused()
 @retry_on_conflict
 def transactions_post_many(*, requests: Sequence[PostingRequest]) -> list[Transaction]:
     """Post many balanced transactions in one write, each once per its own key; all or nothing.
@@ -174,6 +176,7 @@ def _mismatch(key: str, *, transaction_id: int | None) -> IdempotencyMismatch:
 # --- holds ------------------------------------------------------------------------------------
 
 
+@collection_paused()
 @retry_on_conflict
 def holds_settle_many(*, post: Sequence[HoldPosting] = (), void: Sequence[int] = ()) -> dict[int, int]:
     """Post holds in full and void others, in one write; all or nothing.

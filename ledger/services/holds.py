@@ -23,6 +23,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from core.errors import AppError, IdempotencyMismatch, InvalidRequest, InvalidStateTransition, NotFound
+from core.gc_pause import collection_paused
 from core.money import Money
 from ledger.batch import LockedHold
 from ledger.models import Hold, Transaction
@@ -125,6 +126,7 @@ def hold_create(
     return hold
 
 
+@collection_paused()
 @retry_on_conflict
 def holds_create_many(*, requests: Sequence[HoldRequest]) -> list[Hold]:
     """Reserve many movements in one write: one insert, and one update per touched balance shard.

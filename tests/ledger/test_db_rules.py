@@ -37,29 +37,49 @@ NEW_TRANSACTION = (
 )
 
 
-def new_entry(account_id: int, amount: int, currency: str = "USD", version: int = 99) -> tuple[str, list]:
+def new_entries(*entries: tuple[int, int, str]) -> tuple[str, list]:
+    """One INSERT of (account id, amount, currency) entries of the transaction just inserted."""
+    rows = ", ".join(["(currval('ledger_transaction_id_seq'), %s, 0, %s, %s, 0, 90 + %s, now())"] * len(entries))
+    params = [value for index, (account_id, amount, currency) in enumerate(entries) for value in
+              (account_id, amount, currency, index)]  # fmt: skip
     return (
         "INSERT INTO ledger_entry (transaction_id, account_id, shard, amount_minor, currency, balance_after_minor,"
-        " version_after, created_at) VALUES (currval('ledger_transaction_id_seq'), %s, 0, %s, %s, 0, %s, now())",
-        [account_id, amount, currency, version],
+        f" version_after, created_at) VALUES {rows}",
+        params,
     )
 
 
-def test_unbalanced_transaction_fails_at_commit(accounts):
+def test_unbalanced_transaction_is_refused(accounts):
     clearing, wallet = accounts
     with pytest.raises(DatabaseError, match="does not balance"):
         run_sql_in_one_transaction(
-            (NEW_TRANSACTION, []), new_entry(clearing.pk, 500), new_entry(wallet.pk, -499, version=2)
+            (NEW_TRANSACTION, []), new_entries((clearing.pk, 500, "USD"), (wallet.pk, -499, "USD"))
         )
     assert not Transaction.objects.filter(idempotency_key="raw").exists()
 
 
 def test_balanced_raw_transaction_commits(accounts):
     clearing, wallet = accounts
-    run_sql_in_one_transaction(
-        (NEW_TRANSACTION, []), new_entry(clearing.pk, 500), new_entry(wallet.pk, -500, version=2)
-    )
+    run_sql_in_one_transaction((NEW_TRANSACTION, []), new_entries((clearing.pk, 500, "USD"), (wallet.pk, -500, "USD")))
     assert Entry.objects.filter(transaction__idempotency_key="raw").count() == 2
+
+
+def test_a_transactions_entries_are_written_in_one_statement(accounts):
+    clearing, wallet = accounts
+    with pytest.raises(DatabaseError, match="does not balance"):
+        run_sql_in_one_transaction(
+            (NEW_TRANSACTION, []), new_entries((clearing.pk, 500, "USD")), new_entries((wallet.pk, -500, "USD"))
+        )
+    assert not Transaction.objects.filter(idempotency_key="raw").exists()
+
+
+def test_nothing_unbalanced_joins_a_posted_transaction(accounts):
+    clearing, _ = accounts
+    posted = Transaction.objects.get(idempotency_key="fund")
+    add = new_entries((clearing.pk, 7, "USD"))
+    with pytest.raises(DatabaseError, match="does not balance"):
+        run_sql_in_one_transaction((add[0].replace("currval('ledger_transaction_id_seq')", str(posted.pk)), add[1]))
+    assert Entry.objects.filter(transaction=posted).count() == 2
 
 
 def test_balance_is_checked_per_currency(accounts):
@@ -67,7 +87,7 @@ def test_balance_is_checked_per_currency(accounts):
     php_clearing = hot_account(currency="PHP")
     with pytest.raises(DatabaseError, match="does not balance"):
         run_sql_in_one_transaction(
-            (NEW_TRANSACTION, []), new_entry(clearing.pk, 500), new_entry(php_clearing.pk, -500, currency="PHP")
+            (NEW_TRANSACTION, []), new_entries((clearing.pk, 500, "USD"), (php_clearing.pk, -500, "PHP"))
         )
 
 
@@ -78,12 +98,27 @@ def test_transaction_without_entries_fails_at_commit(accounts):
 
 def test_entry_currency_must_match_its_account(accounts):
     clearing, wallet = accounts
-    with pytest.raises(DatabaseError, match="ledger_entry_account_currency_fk"):
+    with pytest.raises(DatabaseError, match=f"names account {clearing.pk}, which does not exist in EUR"):
         run_sql_in_one_transaction(
-            (NEW_TRANSACTION, []),
-            new_entry(clearing.pk, 500, currency="EUR"),
-            new_entry(wallet.pk, -500, currency="EUR", version=2),
+            (NEW_TRANSACTION, []), new_entries((clearing.pk, 500, "EUR"), (wallet.pk, -500, "EUR"))
         )
+
+
+def test_entry_must_name_an_existing_account_and_transaction(accounts):
+    clearing, wallet = accounts
+    with pytest.raises(DatabaseError, match="names account 999999, which does not exist in USD"):
+        run_sql_in_one_transaction((NEW_TRANSACTION, []), new_entries((999_999, 500, "USD"), (wallet.pk, -500, "USD")))
+    add = new_entries((clearing.pk, 500, "USD"), (wallet.pk, -500, "USD"))
+    with pytest.raises(DatabaseError, match="names transaction 999999, which does not exist"):
+        run_sql_in_one_transaction((add[0].replace("currval('ledger_transaction_id_seq')", "999999"), add[1]))
+
+
+def test_accounts_are_never_deleted_nor_renumbered(accounts):
+    _, wallet = accounts
+    with pytest.raises(DatabaseError, match="cannot be deleted"):
+        run_sql_in_one_transaction(("DELETE FROM ledger_account WHERE id = %s", [wallet.pk]))
+    with pytest.raises(DatabaseError, match="id cannot change"):
+        run_sql_in_one_transaction(("UPDATE ledger_account SET id = id + 100000 WHERE id = %s", [wallet.pk]))
 
 
 @pytest.mark.parametrize(
