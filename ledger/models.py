@@ -65,7 +65,7 @@ class Account(models.Model):
         ordering = ["code"]
         indexes = [models.Index(fields=["owner_type", "owner_id"])]
         constraints = [
-            # Target of the (account_id, currency) foreign key from entries.
+            # Its index answers the entry check of migration 0007: the account exists in the entry's currency.
             models.UniqueConstraint(fields=["id", "currency"], name="ledger_account_id_currency_uniq"),
             models.CheckConstraint(
                 condition=Q(balance_shards__gte=1) & (Q(allow_negative=True) | Q(balance_shards=1)),
