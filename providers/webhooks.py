@@ -64,9 +64,12 @@ class VerifiedEvent:
 
 Verifier = Callable[[bytes, Mapping[str, str]], VerifiedEvent]
 Handler = Callable[[WebhookEvent, dict[str, Any]], None]
+# Applies many events of one type at once, in the order given, inside one transaction.
+PageHandler = Callable[[list[tuple[WebhookEvent, dict[str, Any]]]], None]
 
 _verifiers: dict[str, Verifier] = {}
 _handlers: dict[tuple[str, str], list[Handler]] = {}
+_page_handlers: dict[tuple[str, str], tuple[PageHandler, Handler]] = {}
 
 
 def register_verifier(provider: str, verifier: Verifier) -> None:
@@ -78,6 +81,20 @@ def register_handler(provider: str, event_type: str, handler: Handler) -> None:
     handlers = _handlers.setdefault((provider, event_type), [])
     if handler not in handlers:
         handlers.append(handler)
+
+
+def register_page_handler(provider: str, event_type: str, page_handler: PageHandler) -> None:
+    """Add a handler that applies a burst of this type's events as one page (one transaction); a single event is
+    a page of one. Bursts go to it only while it is the type's one handler."""
+    key = (provider, event_type)
+    if key in _page_handlers:
+        return
+
+    def one_event(event: WebhookEvent, body: dict[str, Any]) -> None:
+        page_handler([(event, body)])
+
+    _page_handlers[key] = (page_handler, one_event)
+    register_handler(provider, event_type, one_event)
 
 
 def webhook_receive(
@@ -187,6 +204,11 @@ def webhook_process(*, event_pk: int) -> WebhookEvent:
     event = WebhookEvent.objects.get(pk=event_pk)
     if not claimed:
         return event
+    return _handle(event)
+
+
+def _handle(event: WebhookEvent) -> WebhookEvent:
+    """Run a claimed event's handlers in one transaction and record how it ended."""
     handlers = _handlers.get((event.provider, event.event_type), [])
     if not handlers:
         return _finish(event, WebhookEvent.Status.IGNORED)
@@ -202,19 +224,82 @@ def webhook_process(*, event_pk: int) -> WebhookEvent:
 
 
 def webhook_events_process(*, event_pks: list[int]) -> int:
-    """webhook_process for each event; one failing unexpectedly (left processing, for the sweeper) does not keep
-    the others waiting. Returns how many were processed without such a failure."""
-    done = 0
-    for event_pk in event_pks:
-        try:
-            webhook_process(event_pk=event_pk)
-        except Exception:  # as a task of its own would fail; the sweeper takes it up again
-            log.exception("webhook.process_crashed", event_pk=event_pk)
-            if not connection.in_atomic_block:  # a connection the failure broke is opened again for the next event
-                close_old_connections()
-            continue
-        done += 1
-    return done
+    """Process a burst of events: those of a type with a page handler as one page per type, the others one by one.
+    One failing unexpectedly (left processing, for the sweeper) does not keep the others waiting. Returns how many
+    were processed without such a failure."""
+    pages, singles = _burst_pages(event_pks)
+    done = sum(_crash_safe(_process_page, page_handler, page) for page_handler, page in pages)
+    return done + sum(_crash_safe(_process_one, event_pk) for event_pk in singles)
+
+
+def _process_one(event_pk: int) -> int:
+    webhook_process(event_pk=event_pk)
+    return 1
+
+
+def _crash_safe(process: Callable[..., int], *args: Any) -> int:
+    try:
+        return process(*args)
+    except Exception:  # as a task of its own would fail; the sweeper takes the events up again
+        log.exception("webhook.process_crashed", process=process.__name__, args=repr(args)[:200])
+        if not connection.in_atomic_block:  # a connection the failure broke is opened again for the next event
+            close_old_connections()
+        return 0
+
+
+def _burst_pages(event_pks: list[int]) -> tuple[list[tuple[PageHandler, list[int]]], list[int]]:
+    """The burst's events grouped by page handler, and the events without one, each in the order given."""
+    rows = WebhookEvent.objects.filter(pk__in=event_pks).values_list("pk", "provider", "event_type")
+    kinds = {pk: (provider, event_type) for pk, provider, event_type in rows}
+    by_handler: dict[PageHandler, list[int]] = {}
+    singles = []
+    for pk in event_pks:
+        key = kinds.get(pk, ("", ""))  # an id with no row is processed alone, and fails as it always did
+        page_handler, one_event = _page_handlers.get(key, (None, None))
+        if page_handler is not None and _handlers.get(key) == [one_event]:
+            by_handler.setdefault(page_handler, []).append(pk)
+        else:
+            singles.append(pk)
+    return list(by_handler.items()), singles
+
+
+def _process_page(page_handler: PageHandler, event_pks: list[int]) -> int:
+    """Claim the page's events at once and apply them in one transaction; if one of them is refused, each is
+    applied on its own instead, so only that one fails."""
+    events = _claim_many(event_pks)
+    if not events:
+        return 0
+    try:
+        with transaction.atomic():
+            page_handler([(event, json.loads(event.body)) for event in events])
+    except (AppError, *MALFORMED) as error:
+        log.info("webhook.page_split", events=len(events), error=repr(error))
+        for event in events:
+            _handle(event)
+        return len(events)
+    now = timezone.now()
+    WebhookEvent.objects.filter(pk__in=[event.pk for event in events]).update(
+        status=WebhookEvent.Status.PROCESSED, error="", processed_at=now, updated_at=now
+    )
+    return len(events)
+
+
+def _claim_many(event_pks: list[int]) -> list[WebhookEvent]:
+    """Claim those of these events nobody else holds (received or failed, verified), in id order."""
+    with transaction.atomic():
+        claimable = list(
+            WebhookEvent.objects.select_for_update(skip_locked=True)
+            .filter(
+                pk__in=event_pks,
+                status__in=[WebhookEvent.Status.RECEIVED, WebhookEvent.Status.FAILED],
+                signature_valid=True,
+            )
+            .values_list("pk", flat=True)
+        )
+        WebhookEvent.objects.filter(pk__in=claimable).update(
+            status=WebhookEvent.Status.PROCESSING, attempts=F("attempts") + 1, updated_at=timezone.now()
+        )
+    return list(WebhookEvent.objects.filter(pk__in=claimable).order_by("pk"))
 
 
 def _finish(event: WebhookEvent, status: str, error: str = "") -> WebhookEvent:

@@ -3,9 +3,10 @@
 Invariants kept:
 - item statuses only move forward (PayoutItem.TRANSITIONS): an old or repeated status changes nothing, so
   webhooks and polling may arrive in any order and any number of times;
-- a page of item updates (a page of the poller, one webhook, a protocol hook) is one transaction: its items
-  are locked at once, in id order, before anything changes, so a webhook and the poller that race on an
-  item apply its status one after the other; items whose status does not move are skipped;
+- a page of item updates (a page of the poller, a burst of item webhooks, a protocol hook) is one
+  transaction: its items are locked at once, in id order, before anything changes, so a webhook and the
+  poller that race on an item apply its status one after the other; items whose status does not move are
+  skipped;
 - the ledger moves with the items, in the same transaction (table below): the page's holds are locked at
   once and settled by one batched ledger call that keeps one ledger transaction per posted hold (each can
   be reversed on its own later); so does the batch's staff alert when an item ends unpaid or its money

@@ -4,16 +4,13 @@ import threading
 import uuid
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.db import connections
 from django.utils import timezone
 
 from core.errors import AppError, Conflict, InvalidRequest
-from core.money import Money
 from ledger.integrity import ledger_integrity_report
-from ledger.models import Account, Hold
-from ledger.selectors import account_balance
-from payouts.models import PayoutBatch, PayoutCycle, PayoutItem, WinnerSelection
+from ledger.models import Hold
+from payouts.models import PayoutBatch, PayoutItem, WinnerSelection
 from payouts.services import (
     MakerCheckerViolation,
     batch_approve,
@@ -23,58 +20,18 @@ from payouts.services import (
     cycle_disburse,
     cycle_prepare,
     sender_batch_id,
-    winnings_fund,
 )
 from providers.models import MoneyMovement
 from providers.protocol import movements_sweep
 from providers.sandbox import paypal as paypal_sandbox
 from providers.sandbox.server import Fault
-
-PERMISSIONS = ("prepare_payoutbatch", "approve_payoutbatch", "execute_payoutbatch")
+from tests.payouts.cycles import available, posted, staff, statuses
 
 
 @pytest.fixture(autouse=True)
 def _settings(settings):
     settings.PROVIDER_STATE_KEY_PREFIX = f"test:payouts:{uuid.uuid4().hex}"
     settings.PROVIDER_RETRY_ATTEMPTS = 1
-
-
-def staff(django_user_model, name: str):
-    user = django_user_model.objects.create_user(name, is_staff=True)
-    user.user_permissions.set(Permission.objects.filter(codename__in=PERMISSIONS))
-    return django_user_model.objects.get(pk=user.pk)
-
-
-@pytest.fixture
-def operator(django_user_model):
-    return staff(django_user_model, "operator")
-
-
-@pytest.fixture
-def cycle(django_user_model):
-    cycle = PayoutCycle.objects.create(name="November")
-    for n, receiver in enumerate(
-        ["paid@example.com", "unclaimed@example.com", "fail@example.com", "return@example.com"]
-    ):
-        user = django_user_model.objects.create_user(f"winner-{n}")
-        WinnerSelection.objects.create(
-            cycle=cycle, user=user, amount_minor=10_000 * (n + 1), currency="USD", recipient_type="EMAIL",
-            recipient=receiver,
-        )  # fmt: skip
-    winnings_fund(amount=Money(1_000_000, "USD"), reference="pool-1")
-    return cycle
-
-
-def available(code: str) -> int:
-    return account_balance(Account.objects.get(code=code)).available.minor
-
-
-def posted(code: str) -> int:
-    return account_balance(Account.objects.get(code=code)).posted.minor
-
-
-def statuses(batch: PayoutBatch) -> dict[str, str]:
-    return {item.receiver.split("@")[0]: item.status for item in batch.items.all()}
 
 
 @pytest.mark.django_db
