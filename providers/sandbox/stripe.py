@@ -31,6 +31,9 @@ balance transactions list), and a charge's
 `amount_refunded` counts refunds only (Stripe also counts the part a partial capture released).
 Tests reach the state through `state_of(sandbox)`; `processing_delay_seconds` keeps a request (and its
 idempotency key) in flight for a while, so a concurrent request with the same key can be exercised.
+
+This module holds the endpoints (`StripeApi`) and the entry points; the state and values, the parameters and
+search, and the object shapes are in `stripe_state`, `stripe_params` and `stripe_objects`.
 """
 
 from __future__ import annotations
@@ -40,21 +43,58 @@ import hashlib
 import hmac
 import json
 import re
-import secrets
-import string
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl
 
 from django.conf import settings
 
 from providers.sandbox.server import Handler, Sandbox, SandboxRequest, SandboxResponse
+from providers.sandbox.stripe_objects import (
+    CARD_FEES,  # noqa: F401  (tests change the fees through this module)
+    _account,
+    _balance_matches,
+    _balance_transaction,
+    _charge,
+    _payment_intent,
+    _prepend,
+    _refund,
+    _reversal,
+    _transfer,
+    balance_transaction_add,  # noqa: F401  (a test hook)
+    balance_transaction_set_created,  # noqa: F401  (a test hook)
+    card_fee,
+)
+from providers.sandbox.stripe_params import (
+    _SEARCH_PAGE_PREFIX,
+    _allow,
+    _boolean,
+    _choice,
+    _currency,
+    _integer,
+    _limit,
+    _list_page,
+    _metadata,
+    _query,
+    _required,
+    _search_page,
+    parse_search_query,
+)
+from providers.sandbox.stripe_state import (
+    TEST_PAYMENT_METHODS,
+    Call,
+    IdempotencyRecord,
+    Obj,
+    Refusal,
+    SandboxCard,
+    StripeState,
+    _now,
+    new_id,
+    state_of,  # noqa: F401  (tests reach the state through this module)
+)
 
-Obj = dict[str, Any]
 API_VERSION = "2026-10-28.endive"  # when the request names none
-IDEMPOTENCY_WINDOW_SECONDS = 24 * 3600
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 CANCELABLE = ("requires_payment_method", "requires_capture", "requires_confirmation", "requires_action", "processing")
 PAYMENT_INTENT_PARAMS = (
@@ -68,124 +108,7 @@ PAYMENT_INTENT_PARAMS = (
     "transfer_group",
     "description",
 )
-_ID_ALPHABET = string.ascii_letters + string.digits
 _SECRET_KEY = re.compile(r"^(sk|rk)_(test|live)_\w+$")
-
-
-@dataclass(frozen=True)
-class SandboxCard:
-    brand: str
-    last4: str
-    code: str = ""  # set when the issuer refuses: card_declined, expired_card, ...
-    decline_code: str = ""
-    message: str = ""
-
-    @property
-    def declined(self) -> bool:
-        return bool(self.code)
-
-
-_DECLINED = "Your card was declined."
-TEST_PAYMENT_METHODS: dict[str, SandboxCard] = {
-    "pm_card_visa": SandboxCard("visa", "4242"),
-    "pm_card_mastercard": SandboxCard("mastercard", "4444"),
-    "pm_card_amex": SandboxCard("amex", "8431"),
-    "pm_card_chargeDeclined": SandboxCard("visa", "0002", "card_declined", "generic_decline", _DECLINED),
-    "pm_card_chargeDeclinedInsufficientFunds": SandboxCard(
-        "visa", "9995", "card_declined", "insufficient_funds", "Your card has insufficient funds."
-    ),
-    "pm_card_chargeDeclinedFraudulent": SandboxCard("visa", "0019", "card_declined", "fraudulent", _DECLINED),
-    "pm_card_chargeDeclinedExpiredCard": SandboxCard("visa", "0069", "expired_card", "", "Your card has expired."),
-    "pm_card_chargeDeclinedProcessingError": SandboxCard(
-        "visa",
-        "0119",
-        "processing_error",
-        "",
-        "An error occurred while processing your card. Try again in a little bit.",
-    ),
-}
-
-
-@dataclass
-class IdempotencyRecord:
-    fingerprint: tuple[str, str, tuple[tuple[str, str], ...]]
-    started_at: float
-    response: SandboxResponse | None = None  # None while the first request is running
-
-
-@dataclass
-class StripeState:
-    payment_intents: dict[str, Obj] = field(default_factory=dict)
-    charges: dict[str, Obj] = field(default_factory=dict)
-    refunds: dict[str, Obj] = field(default_factory=dict)
-    transfers: dict[str, Obj] = field(default_factory=dict)
-    reversals: dict[str, Obj] = field(default_factory=dict)
-    accounts: dict[str, Obj] = field(default_factory=dict)  # connected accounts; unknown acct_ ids accept transfers
-    payment_methods: dict[str, SandboxCard] = field(default_factory=dict)
-    idempotency: dict[tuple[str, str], IdempotencyRecord] = field(default_factory=dict)
-    events: list[Obj] = field(default_factory=list)  # every event, delivered or not
-    balance_transactions: dict[str, Obj] = field(default_factory=dict)  # txn_...: every movement of money
-    searchable_at: dict[str, float] = field(default_factory=dict)  # PaymentIntent id -> monotonic time
-    processing_delay_seconds: float = 0.0
-    idempotency_window_seconds: float = IDEMPOTENCY_WINDOW_SECONDS
-    search_lag_seconds: float = 0.0
-
-    def forget_idempotency_keys(self) -> None:
-        self.idempotency.clear()
-
-    def reset(self) -> None:
-        for table in (self.payment_intents, self.charges, self.refunds, self.transfers, self.reversals):
-            table.clear()
-        self.accounts.clear()
-        self.payment_methods.clear()
-        self.idempotency.clear()
-        self.events.clear()
-        self.balance_transactions.clear()
-        self.searchable_at.clear()
-        self.processing_delay_seconds = 0.0
-        self.idempotency_window_seconds = IDEMPOTENCY_WINDOW_SECONDS
-        self.search_lag_seconds = 0.0
-
-
-class Refusal(Exception):
-    """An error answer shaped like Stripe's; `stored` says whether the idempotency layer keeps it."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type_: str = "invalid_request_error",
-        code: str = "",
-        param: str = "",
-        stored: bool = True,
-        **extra: Any,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.stored = status, stored
-        self.error: Obj = {"type": type_, "message": message}
-        if code:
-            self.error.update(code=code, doc_url=f"https://stripe.com/docs/error-codes/{code.replace('_', '-')}")
-        if param:
-            self.error["param"] = param
-        self.error.update(extra)
-
-    def response(self) -> SandboxResponse:
-        return SandboxResponse(self.status, {"error": copy.deepcopy(self.error)})
-
-
-@dataclass
-class Call:
-    params: dict[str, str]
-    object_id: str
-    request_id: str
-    idempotency_key: str
-    api_version: str
-    events: list[tuple[str, Obj]] = field(default_factory=list)
-
-    def emit(self, event_type: str, obj: Obj) -> None:
-        self.events.append((event_type, copy.deepcopy(obj)))
-
 
 Action = Callable[[Call], Obj]
 
@@ -210,11 +133,6 @@ def account_set(sandbox: Sandbox, account_id: str, *, transfers: str = "active")
     return api.account_set(account_id, transfers=transfers)
 
 
-def state_of(sandbox: Sandbox) -> StripeState:
-    state: StripeState = sandbox.stripe  # type: ignore[attr-defined]
-    return state
-
-
 def _webhook_headers(body: bytes) -> dict[str, str]:
     """One delivery attempt's headers: signed now, with the secret configured now (each retry anew)."""
     return {
@@ -227,398 +145,6 @@ def _webhook_headers(body: bytes) -> dict[str, str]:
 def stripe_signature(body: bytes, secret: str, timestamp: int) -> str:
     digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
     return f"t={timestamp},v1={digest}"
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{''.join(secrets.choice(_ID_ALPHABET) for _ in range(24))}"
-
-
-def _now() -> int:
-    return int(time.time())
-
-
-# --- balance transactions: reconciliation reads them; tests place them on a given day
-# Card pricing per currency (basis points, fixed minor units), as Stripe's standard pricing (and our fee rules).
-CARD_FEES: dict[str, tuple[int, int]] = {"usd": (290, 30), "php": (350, 1_500)}
-_BALANCE_TYPES = {  # type -> reporting_category
-    "charge": "charge",
-    "refund": "refund",
-    "transfer": "transfer",
-    "transfer_refund": "transfer_reversal",
-    "adjustment": "other_adjustment",
-}
-_balance_seq = iter(range(1, 10**12))
-
-
-def card_fee(currency: str, amount: int) -> int:
-    bps, fixed = CARD_FEES.get(currency.lower(), (290, 0))
-    return (amount * bps + 5_000) // 10_000 + fixed
-
-
-def _balance_transaction(txn_id: str, type_: str, source: str, amount: int, fee: int, currency: str) -> Obj:
-    created = _now()
-    return {
-        "id": txn_id,
-        "object": "balance_transaction",
-        "amount": amount,
-        "available_on": created + (2 * 86_400 if type_ == "charge" else 0),
-        "created": created,
-        "currency": currency.lower(),
-        "description": None,
-        "exchange_rate": None,
-        "fee": fee,
-        "fee_details": [_stripe_fee(fee, currency)] if fee else [],
-        "net": amount - fee,
-        "reporting_category": _BALANCE_TYPES[type_],
-        "source": source,
-        "status": "pending" if type_ == "charge" else "available",
-        "type": type_,
-        "_seq": next(_balance_seq),  # ties on `created` keep insertion order; never sent
-    }
-
-
-def _stripe_fee(fee: int, currency: str) -> Obj:
-    return {"amount": fee, "currency": currency.lower(), "description": "Stripe processing fees", "type": "stripe_fee"}
-
-
-def _balance_matches(txn: Obj, params: dict[str, str]) -> bool:
-    bounds = {"gte": int.__ge__, "gt": int.__gt__, "lte": int.__le__, "lt": int.__lt__}
-    for op, holds in bounds.items():
-        raw = params.get(f"created[{op}]")
-        if raw is not None and not holds(txn["created"], _integer(params, f"created[{op}]", minimum=0)):
-            return False
-    return all(not params.get(name) or txn[name] == params[name] for name in ("type", "source"))
-
-
-def _query(request: SandboxRequest) -> dict[str, str]:
-    return {key: values[-1] for key, values in request.query.items()}
-
-
-def balance_transaction_set_created(sandbox: Sandbox, txn_id: str, created: int) -> Obj:
-    """Test hook: move a balance transaction to another time (e.g. onto the day being reconciled)."""
-    state = state_of(sandbox)
-    with sandbox.lock:
-        state.balance_transactions[txn_id]["created"] = created
-        return copy.deepcopy(state.balance_transactions[txn_id])
-
-
-def balance_transaction_add(
-    sandbox: Sandbox, *, type_: str, source: str, amount: int, currency: str, created: int, fee: int = 0
-) -> Obj:
-    """Test hook: a movement Stripe reports without a call of ours (e.g. a duplicate or an adjustment)."""
-    txn = _balance_transaction(new_id("txn"), type_, source, amount, fee, currency)
-    txn["created"] = created
-    with sandbox.lock:
-        state_of(sandbox).balance_transactions[txn["id"]] = txn
-    return copy.deepcopy(txn)
-
-
-# --- parameters (form fields; nested keys stay flat, e.g. `metadata[order]`)
-def _allow(params: dict[str, str], names: Iterable[str]) -> None:
-    allowed = set(names)
-    for key in params:
-        if key.split("[", 1)[0] not in allowed:
-            raise Refusal(400, f"Received unknown parameter: {key}", code="parameter_unknown", param=key, stored=False)
-
-
-def _integer(params: dict[str, str], name: str, *, default: int | None = None, minimum: int = 1) -> int:
-    raw = params.get(name)
-    if raw is None:
-        if default is None:
-            raise Refusal(400, f"Missing required param: {name}.", code="parameter_missing", param=name, stored=False)
-        return default
-    if not re.fullmatch(r"-?\d+", raw):
-        raise Refusal(400, f"Invalid integer: {raw}", code="parameter_invalid_integer", param=name, stored=False)
-    if int(raw) < minimum:
-        message = f"This value must be greater than or equal to {minimum}."
-        raise Refusal(400, message, code="parameter_invalid_integer", param=name, stored=False)
-    return int(raw)
-
-
-def _required(params: dict[str, str], name: str) -> str:
-    value = params.get(name, "")
-    if not value:
-        raise Refusal(400, f"Missing required param: {name}.", code="parameter_missing", param=name, stored=False)
-    return value
-
-
-def _currency(params: dict[str, str]) -> str:
-    currency = _required(params, "currency")
-    if not re.fullmatch(r"[A-Za-z]{3}", currency):
-        raise Refusal(
-            400, f"Invalid currency: {currency}.", code="parameter_invalid_string", param="currency", stored=False
-        )
-    return currency.lower()
-
-
-def _choice(params: dict[str, str], name: str, choices: Iterable[str], default: str | None) -> str | None:
-    value = params.get(name, default)
-    options = sorted(choices)
-    if value is not None and value not in options:
-        message = f"Invalid {name}: must be one of {', '.join(options)}"
-        raise Refusal(400, message, code="parameter_invalid_string", param=name, stored=False)
-    return value
-
-
-def _boolean(params: dict[str, str], name: str) -> bool:
-    value = params.get(name, "false")
-    if value not in ("true", "false"):
-        raise Refusal(400, f"Invalid boolean: {value}", code="parameter_invalid_boolean", param=name, stored=False)
-    return value == "true"
-
-
-def _metadata(params: dict[str, str]) -> dict[str, str]:
-    found = (re.fullmatch(r"metadata\[(.+)\]", key) for key in params)
-    return {match[1]: params[match[0]] for match in found if match and params[match[0]] != ""}
-
-
-def _list(name: str, object_id: str, kind: str) -> Obj:
-    return {"object": "list", "data": [], "has_more": False, "total_count": 0, "url": f"/v1/{kind}/{object_id}/{name}"}
-
-
-def _limit(params: dict[str, str]) -> int:
-    limit = _integer(params, "limit", default=10)
-    if limit > 100:
-        raise Refusal(400, "This value must be less than or equal to 100.", code="parameter_invalid_integer",
-                      param="limit", stored=False)  # fmt: skip
-    return limit
-
-
-def _list_page(rows: list[Obj], params: dict[str, str], kind: str, url: str) -> Obj:
-    """One page of a list endpoint: `rows` newest first, cut after `starting_after` and at `limit`."""
-    limit = _limit(params)
-    if params.get("starting_after"):
-        ids = [row["id"] for row in rows]
-        if params["starting_after"] not in ids:
-            raise Refusal(404, f"No such {kind}: '{params['starting_after']}'", code="resource_missing",
-                          param="starting_after", stored=False)  # fmt: skip
-        rows = rows[ids.index(params["starting_after"]) + 1 :]
-    return {"object": "list", "data": rows[:limit], "has_more": len(rows) > limit, "url": url}
-
-
-# --- search: Stripe's query language, the part we use (metadata equality, AND)
-_SEARCH_PAGE_PREFIX = "page_"
-_SEARCH_CLAUSE = re.compile(
-    r"""metadata\[(?P<kq>['"])(?P<key>(?:\\.|(?!(?P=kq))[^\\])*)(?P=kq)\]"""
-    r""":(?P<vq>['"])(?P<value>(?:\\.|(?!(?P=vq))[^\\])*)(?P=vq)"""
-)
-_SEARCH_AND = re.compile(r"\s+AND\s+")
-
-
-def parse_search_query(query: str) -> list[tuple[str, str]]:
-    """`metadata['key']:'value' AND metadata["k2"]:"v2"` as [(key, value), ...]; anything else is refused
-    with 400 (not stored), as Stripe refuses a query it cannot parse."""
-    clauses, position, text = [], 0, query.strip()
-    while True:
-        match = _SEARCH_CLAUSE.match(text, position)
-        if match is None or not match["key"]:
-            raise _bad_query(query, position)
-        clauses.append((_unescape(match["key"]), _unescape(match["value"])))
-        position = match.end()
-        if position == len(text):
-            return clauses
-        separator = _SEARCH_AND.match(text, position)
-        if separator is None:
-            raise _bad_query(query, position)
-        position = separator.end()
-
-
-def _unescape(quoted: str) -> str:
-    return re.sub(r"\\(.)", r"\1", quoted)
-
-
-def _bad_query(query: str, position: int) -> Refusal:
-    message = (
-        f"The query `{query}` could not be parsed at position {position}. This sandbox supports "
-        "metadata['key']:'value' clauses joined by AND."
-    )
-    return Refusal(400, message, code="parameter_invalid_string", param="query", stored=False)
-
-
-def _search_page(page: str | None) -> int:
-    if page is None:
-        return 0
-    offset = page.removeprefix(_SEARCH_PAGE_PREFIX)
-    if not page.startswith(_SEARCH_PAGE_PREFIX) or not offset.isdigit():
-        raise Refusal(400, f"Invalid page: {page}", code="parameter_invalid_string", param="page", stored=False)
-    return int(offset)
-
-
-# --- object shapes (after shared/specs/stripe/fixtures3.json)
-def _payment_intent(call: Call, amount: int, currency: str, capture_method: str, payment_method: str | None) -> Obj:
-    intent_id = new_id("pi")
-    params = call.params
-    return {
-        "id": intent_id,
-        "object": "payment_intent",
-        "amount": amount,
-        "amount_capturable": 0,
-        "amount_details": {"tip": {}},
-        "amount_received": 0,
-        "application": None,
-        "application_fee_amount": None,
-        "automatic_payment_methods": None,
-        "canceled_at": None,
-        "cancellation_reason": None,
-        "capture_method": capture_method,
-        "client_secret": f"{intent_id}_secret_{secrets.token_hex(12)}",
-        "confirmation_method": "automatic",
-        "created": _now(),
-        "currency": currency,
-        "customer": None,
-        "description": params.get("description"),
-        "last_payment_error": None,
-        "latest_charge": None,
-        "livemode": False,
-        "metadata": _metadata(params),
-        "next_action": None,
-        "on_behalf_of": None,
-        "payment_method": payment_method,
-        "payment_method_options": {},
-        "payment_method_types": ["card"],
-        "processing": None,
-        "receipt_email": None,
-        "review": None,
-        "setup_future_usage": None,
-        "shipping": None,
-        "source": None,
-        "statement_descriptor": None,
-        "statement_descriptor_suffix": None,
-        "status": "requires_confirmation" if payment_method else "requires_payment_method",
-        "transfer_data": None,
-        "transfer_group": params.get("transfer_group"),
-    }
-
-
-def _charge(intent: Obj, card: SandboxCard) -> Obj:
-    charge_id = new_id("ch")
-    return {
-        "id": charge_id,
-        "object": "charge",
-        "amount": intent["amount"],
-        "amount_captured": 0,
-        "amount_refunded": 0,
-        "application": None,
-        "application_fee": None,
-        "application_fee_amount": None,
-        "balance_transaction": None,
-        "billing_details": {"address": None, "email": None, "name": None, "phone": None},
-        "captured": False,
-        "created": _now(),
-        "currency": intent["currency"],
-        "customer": None,
-        "description": intent["description"],
-        "disputed": False,
-        "failure_code": None,
-        "failure_message": None,
-        "livemode": False,
-        "metadata": dict(intent["metadata"]),
-        "outcome": _outcome(card),
-        "paid": not card.declined,
-        "payment_intent": intent["id"],
-        "payment_method": intent["payment_method"],
-        "payment_method_details": {
-            "card": {"brand": card.brand, "last4": card.last4, "exp_month": 12, "exp_year": 2034, "funding": "credit"},
-            "type": "card",
-        },
-        "refunded": False,
-        "refunds": _list("refunds", charge_id, "charges"),
-        "status": "failed" if card.declined else "succeeded",
-        "transfer_group": intent["transfer_group"],
-    }
-
-
-def _outcome(card: SandboxCard) -> Obj:
-    if not card.declined:
-        return {"network_status": "approved_by_network", "reason": None, "risk_level": "normal", "type": "authorized"}
-    reason = card.decline_code or card.code
-    return {
-        "network_status": "declined_by_network",
-        "reason": reason,
-        "risk_level": "normal",
-        "type": "issuer_declined",
-    }
-
-
-def _refund(charge: Obj, amount: int, params: dict[str, str]) -> Obj:
-    return {
-        "id": new_id("re"),
-        "object": "refund",
-        "amount": amount,
-        "balance_transaction": new_id("txn"),
-        "charge": charge["id"],
-        "created": _now(),
-        "currency": charge["currency"],
-        "destination_details": {"card": {"type": "refund"}, "type": "card"},
-        "metadata": _metadata(params),
-        "payment_intent": charge["payment_intent"],
-        "reason": params.get("reason"),
-        "receipt_number": None,
-        "source_transfer_reversal": None,
-        "status": "succeeded",
-        "transfer_reversal": None,
-    }
-
-
-def _transfer(amount: int, currency: str, destination: str, params: dict[str, str]) -> Obj:
-    transfer_id = new_id("tr")
-    return {
-        "id": transfer_id,
-        "object": "transfer",
-        "amount": amount,
-        "amount_reversed": 0,
-        "balance_transaction": new_id("txn"),
-        "created": _now(),
-        "currency": currency,
-        "description": params.get("description"),
-        "destination": destination,
-        "destination_payment": new_id("py"),
-        "livemode": False,
-        "metadata": _metadata(params),
-        "reversals": _list("reversals", transfer_id, "transfers"),
-        "reversed": False,
-        "source_transaction": None,
-        "source_type": "card",
-        "transfer_group": params.get("transfer_group"),
-    }
-
-
-def _reversal(transfer: Obj, amount: int, params: dict[str, str]) -> Obj:
-    return {
-        "id": new_id("trr"),
-        "object": "transfer_reversal",
-        "amount": amount,
-        "balance_transaction": new_id("txn"),
-        "created": _now(),
-        "currency": transfer["currency"],
-        "destination_payment_refund": new_id("pyr"),
-        "metadata": _metadata(params),
-        "source_refund": None,
-        "transfer": transfer["id"],
-    }
-
-
-def _account(account_id: str) -> Obj:
-    return {
-        "id": account_id,
-        "object": "account",
-        "type": "express",
-        "business_type": "individual",
-        "capabilities": {"card_payments": "active", "transfers": "inactive"},
-        "charges_enabled": False,
-        "payouts_enabled": False,
-        "country": "US",
-        "default_currency": "usd",
-        "details_submitted": True,
-        "created": _now(),
-        "metadata": {},
-        "requirements": {"currently_due": [], "disabled_reason": None, "past_due": []},
-    }
-
-
-def _prepend(listing: Obj, obj: Obj) -> None:
-    listing["data"].insert(0, copy.deepcopy(obj))
-    listing["total_count"] = len(listing["data"])
 
 
 class StripeApi:
