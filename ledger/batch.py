@@ -43,6 +43,7 @@ from ledger.writer import (
     _claim_in_python,
     _fetch_prepared,
     _int_array,
+    entries_after,
     shard_update,
 )
 
@@ -205,26 +206,12 @@ def _apply_in_python(batch: BatchPlan) -> list[int | None]:
     claimed = [_claim_in_python(plan.transaction) for plan in batch.transactions if plan.transaction is not None]
     running = _update_shards_in_python(_shard_totals(batch, claimed))
     created_at = timezone.now()  # after the row locks: per shard, time order follows version order
-    entries = []
-    for transaction_id, plan in zip(claimed, batch.transactions, strict=True):
-        if transaction_id is None:
-            continue
-        for planned in plan.entries:
-            shard_state = running[planned.account_id, planned.shard]
-            shard_state[0] += planned.delta
-            shard_state[1] += 1
-            entries.append(
-                Entry(
-                    transaction_id=transaction_id,
-                    account_id=planned.account_id,
-                    shard=planned.shard,
-                    amount_minor=planned.amount_minor,
-                    currency=planned.currency,
-                    balance_after_minor=shard_state[0],
-                    version_after=shard_state[1],
-                    created_at=created_at,
-                )
-            )
+    entries = [
+        entry
+        for transaction_id, plan in zip(claimed, batch.transactions, strict=True)
+        if transaction_id is not None
+        for entry in entries_after(transaction_id, plan.entries, running, created_at)
+    ]
     Entry.objects.bulk_create(entries, batch_size=1000)
     return claimed
 

@@ -304,8 +304,20 @@ def _apply_in_python(plan: WritePlan) -> int | None:
     if transaction_id is None:
         return None
     created_at = timezone.now()  # after the row locks: per shard, time order follows version order
+    Entry.objects.bulk_create(entries_after(transaction_id, plan.entries, running, created_at))
+    return transaction_id
+
+
+def entries_after(
+    transaction_id: int,
+    planned_entries: list[PlannedEntry],
+    running: dict[tuple[int, int], list[int]],
+    created_at: datetime,
+) -> list[Entry]:
+    """The entry rows of one transaction, each with its shard's balance and version after it; `running` holds
+    each shard's [balance, version] so far and is moved forward entry by entry."""
     entries = []
-    for planned in plan.entries:
+    for planned in planned_entries:
         shard_state = running[planned.account_id, planned.shard]
         shard_state[0] += planned.delta
         shard_state[1] += 1
@@ -321,5 +333,4 @@ def _apply_in_python(plan: WritePlan) -> int | None:
                 created_at=created_at,
             )
         )
-    Entry.objects.bulk_create(entries)
-    return transaction_id
+    return entries

@@ -287,19 +287,19 @@ def _process_page(page_handler: PageHandler, event_pks: list[int]) -> int:
 def _claim_many(event_pks: list[int]) -> list[WebhookEvent]:
     """Claim those of these events nobody else holds (received or failed, verified), in id order."""
     with transaction.atomic():
-        claimable = list(
+        events = list(
             WebhookEvent.objects.select_for_update(skip_locked=True)
             .filter(
                 pk__in=event_pks,
                 status__in=[WebhookEvent.Status.RECEIVED, WebhookEvent.Status.FAILED],
                 signature_valid=True,
             )
-            .values_list("pk", flat=True)
+            .order_by("pk")
         )
-        WebhookEvent.objects.filter(pk__in=claimable).update(
+        WebhookEvent.objects.filter(pk__in=[event.pk for event in events]).update(
             status=WebhookEvent.Status.PROCESSING, attempts=F("attempts") + 1, updated_at=timezone.now()
         )
-    return list(WebhookEvent.objects.filter(pk__in=claimable).order_by("pk"))
+    return events
 
 
 def _finish(event: WebhookEvent, status: str, error: str = "") -> WebhookEvent:

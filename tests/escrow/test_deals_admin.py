@@ -6,17 +6,16 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import User
 from django.contrib.messages import constants as message_levels
-from django.test import Client
 from django.urls import reverse
 
 from core.models import AuditLog
-from core.roles import roles_sync
 from escrow.models import CommissionTier, EscrowDeal
 from providers.models import MoneyMovement
 from providers.sandbox import stripe as stripe_sandbox
 from tests.escrow.factories_deals import UserFactory, held_deal, seller, tier
+from tests.staff import client_for, member
 
 pytestmark = pytest.mark.django_db
 
@@ -25,19 +24,6 @@ pytestmark = pytest.mark.django_db
 def _settings(settings):
     settings.PROVIDER_STATE_KEY_PREFIX = f"test:escrow-admin:{uuid.uuid4().hex}"
     settings.PROVIDER_RETRY_ATTEMPTS = 1
-
-
-def member(*roles: str) -> User:
-    roles_sync()
-    user = User.objects.create_user(f"staff-{uuid.uuid4().hex[:8]}", is_staff=True)
-    user.groups.set(Group.objects.filter(name__in=roles))
-    return User.objects.get(pk=user.pk)
-
-
-def client_for(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def run_action(user: User, action: str, *deals: EscrowDeal, confirm: bool = True):

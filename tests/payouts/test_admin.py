@@ -20,6 +20,7 @@ from ledger.models import Account
 from ledger.selectors import account_balance
 from payouts.models import PayoutBatch, PayoutCycle, PayoutItem, WinnerSelection
 from payouts.services import batch_execute, batch_sync, cycle_prepare, winnings_fund
+from tests.staff import client_for
 
 pytestmark = pytest.mark.django_db
 
@@ -40,12 +41,6 @@ def member(username: str, *roles: str) -> User:
     user = User.objects.create_user(username, is_staff=True)
     user.groups.set(Group.objects.filter(name__in=roles))
     return User.objects.get(pk=user.pk)
-
-
-def client_for(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture
